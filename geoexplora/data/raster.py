@@ -1,0 +1,199 @@
+"""A TorchGeo raster dataset over a user's GeoTIFFs, with band names, up-front validation and a valid mask.
+
+:class:`GeoRasterDataset` is a :class:`torchgeo.datasets.RasterDataset`: it is indexed by a GeoSlice
+(``ds[xmin:xmax:xres, ymin:ymax:yres, tmin:tmax]``), sampled with TorchGeo samplers, and combined with
+``&`` / ``|``. Files in several CRSs are reprojected by TorchGeo to one CRS (the first file's or ``crs=``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+import torch
+from pyproj import CRS
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+from torch import Tensor
+from torchgeo.datasets import RasterDataset
+from torchgeo.datasets.utils import GeoSlice, Sample
+
+from geoexplora.bands import default_band_names
+from geoexplora.errors import GeoExploraError
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a GeoTIFF header says: checked once, before TorchGeo indexes the files."""
+
+    path: Path
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+
+
+def find_raster_files(paths: PathLike | Iterable[PathLike]) -> list[Path]:
+    """The GeoTIFFs named by a file, a folder (searched recursively for ``*.tif``/``*.tiff``) or a list of both.
+
+    Returns the files sorted within each folder, in the order the paths were given.
+    Raises GeoExploraError for a path that does not exist or a folder without any GeoTIFF.
+    """
+    path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not path_list:
+        raise GeoExploraError("no raster paths given: pass a GeoTIFF, a folder of GeoTIFFs or a list of them")
+    files: list[Path] = []
+    for raw in path_list:
+        path = Path(raw)
+        if not path.exists():
+            raise GeoExploraError(f"{path}: no such file or folder")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                raise GeoExploraError(f"{path}: folder holds no .tif/.tiff file")
+            files.extend(found)
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files))
+
+
+def inspect_raster(path: Path) -> RasterInfo:
+    """Open one file and check it is a georeferenced raster whose last row can be read.
+
+    Raises GeoExploraError naming the file when it is not a raster, is truncated, or lacks a CRS or
+    a geotransform.
+    """
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise GeoExploraError(f"{path}: raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX)")
+            if src.transform.is_identity and not src.gcps[0]:
+                raise GeoExploraError(f"{path}: raster has no geotransform (pixel-to-map coordinates)")
+            # Reading the last row touches the end of the file: a truncated TIFF fails here, not mid-training.
+            src.read(window=Window(0, src.height - 1, src.width, 1))
+            return RasterInfo(path, src.count, src.dtypes[0], src.nodata, tuple(src.descriptions))
+    except RasterioError as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise GeoExploraError(f"{path}: not a readable raster ({first_line})") from None
+
+
+def inspect_rasters(files: Sequence[Path]) -> list[RasterInfo]:
+    """:func:`inspect_raster` on every file, then check they all have the same band count."""
+    infos = [inspect_raster(f) for f in files]
+    first = infos[0]
+    for info in infos[1:]:
+        if info.count != first.count:
+            raise GeoExploraError(
+                f"{info.path}: has {info.count} bands but {first.path} has {first.count}; "
+                "all files of a dataset must have the same bands"
+            )
+    return infos
+
+
+def file_band_names(info: RasterInfo) -> tuple[str, ...]:
+    """The file's band descriptions when every band has one, else ``B1..Bn``."""
+    if all(info.descriptions):
+        return tuple(str(d) for d in info.descriptions)
+    return default_band_names(info.count)
+
+
+def select_bands(all_bands: Sequence[str], wanted: Sequence[str] | None, source: Path) -> list[str]:
+    """The requested band names, checked against the file's; ``None`` means all bands."""
+    if wanted is None:
+        return list(all_bands)
+    missing = [b for b in wanted if b not in all_bands]
+    if missing:
+        raise GeoExploraError(
+            f"{source}: no band named {', '.join(missing)}; the file's bands are {', '.join(all_bands)}"
+        )
+    return list(wanted)
+
+
+def invalid_pixels(data: Tensor, nodata: float | None) -> Tensor:
+    """Bool (..., H, W): True where any band (dim -3) of ``data`` (..., C, H, W) is NaN or ``nodata``."""
+    bad = torch.isnan(data)
+    if nodata is not None:
+        bad |= data == torch.tensor(nodata, dtype=data.dtype)
+    return bad.any(dim=-3)
+
+
+class GeoRasterDataset(RasterDataset):
+    """A folder, file or list of GeoTIFFs of any band count and dtype, as a TorchGeo RasterDataset.
+
+    Samples (``ds[geoslice]``) are dicts with
+
+    * ``image``: float32 (C, H, W), C = ``len(band_names)``, in the file's units; NaN replaced by 0;
+    * ``valid``: bool (H, W), False where any band is the nodata value or NaN (or outside every file
+      when the files have a nodata value);
+    * ``bounds``: float tensor (9,) ``[xmin, xmax, xres, ymin, ymax, yres, tmin, tmax, tres]`` (TorchGeo);
+    * ``transform``: float tensor (9,) the window's affine transform (TorchGeo).
+
+    Args:
+        paths: a GeoTIFF, a folder searched recursively for ``*.tif``/``*.tiff``, or a list of them.
+        bands: names of the bands to load, in this order (default: all).
+        band_names: names of all the file's bands, overriding its band descriptions (default: the
+            first file's descriptions, else ``B1..Bn``).
+        crs: CRS to reproject to (default: the first file's).
+        res: resolution in CRS units (default: the first file's).
+        nodata: value marking missing pixels, overriding the files' nodata.
+        transforms: applied to each sample after ``valid`` is computed.
+        cache: keep file handles open between reads (TorchGeo's LRU cache).
+    """
+
+    def __init__(
+        self,
+        paths: PathLike | Iterable[PathLike],
+        bands: Sequence[str] | None = None,
+        band_names: Sequence[str] | None = None,
+        crs: CRS | None = None,
+        res: float | tuple[float, float] | None = None,
+        nodata: float | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        cache: bool = True,
+        time_series: bool = False,
+    ) -> None:
+        files = find_raster_files(paths)
+        self.raster_infos = inspect_rasters(files)
+        first = self.raster_infos[0]
+        if band_names is not None and len(band_names) != first.count:
+            raise GeoExploraError(
+                f"{first.path}: {len(band_names)} band names given ({', '.join(band_names)}) "
+                f"for a file with {first.count} bands"
+            )
+        self.all_bands = tuple(band_names) if band_names is not None else file_band_names(first)
+        selected = select_bands(self.all_bands, bands, first.path)
+        if nodata is not None:
+            self.nodata = nodata  # TorchGeo's attribute: read through a VRT with this source nodata
+        self.nodata_value = nodata if nodata is not None else first.nodata
+        self.sample_transforms = transforms
+        super().__init__(
+            paths=[str(f) for f in files],
+            crs=crs,
+            res=res,
+            bands=selected,
+            transforms=None,
+            cache=cache,
+            time_series=time_series,
+        )
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        """Names of the bands in ``image``, in channel order."""
+        return tuple(self.bands)
+
+    def __getitem__(self, index: GeoSlice) -> Sample:
+        """The window at ``index``: ``image`` float32 (C, H, W), ``valid`` bool (H, W), plus TorchGeo's keys."""
+        sample = super().__getitem__(index)
+        image = sample["image"]
+        sample["valid"] = ~invalid_pixels(image, self.nodata_value)
+        sample["image"] = torch.nan_to_num(image, nan=0.0)
+        if self.sample_transforms is not None:
+            sample = self.sample_transforms(sample)
+        return sample

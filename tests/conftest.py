@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny generated GeoTIFFs (see tests/fake_rasters.py) and the real sample-data folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import fake_rasters  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+MULTIBAND_NAMES = ("coastal", "blue", "green", "red", "nir", "swir")
+MULTIBAND_NODATA = -9999.0
+MULTIBAND_BORDER = 4
+MULTIBAND_NAN_PIXELS = 6
+TEMPORAL_DATES = ("20200105", "20200310", "20200620")
+
+
+@pytest.fixture(scope="session")
+def multiband_geotiff(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6-band float32 64x64 GeoTIFF, EPSG:32633, 10 m, described bands ``MULTIBAND_NAMES``,
+    a 4-pixel nodata (-9999) border and 6 NaN pixels."""
+    return fake_rasters.write_raster(
+        tmp_path_factory.mktemp("multiband") / "multiband.tif", count=6, nodata=MULTIBAND_NODATA,
+        nodata_border=MULTIBAND_BORDER, nan_pixels=MULTIBAND_NAN_PIXELS, descriptions=MULTIBAND_NAMES,
+    )
+
+
+@pytest.fixture(scope="session")
+def rgb_geotiff(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3-band uint8 64x64 GeoTIFF (red, green, blue), EPSG:32633, 10 m, no nodata."""
+    return fake_rasters.write_raster(
+        tmp_path_factory.mktemp("rgb") / "rgb.tif", count=3, dtype="uint8", descriptions=("red", "green", "blue")
+    )
+
+
+@pytest.fixture(scope="session")
+def temporal_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of 3 dates of one place (``S2_YYYYMMDD.tif``, ``TEMPORAL_DATES``), 4-band float32 64x64."""
+    folder = tmp_path_factory.mktemp("temporal")
+    fake_rasters.write_temporal_folder(folder, TEMPORAL_DATES)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real sample imagery folder (``<repo>/../shared/data``); skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    return SHARED_DATA.resolve()
