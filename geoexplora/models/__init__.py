@@ -1,0 +1,51 @@
+"""Models: spectral/group/temporal patch embeddings, the timm ViT backbone factory, adaptation strategies,
+parameter reports and adapter-only checkpoints. Knows nothing of rasters."""
+
+from geoexplora.models.backbone import BackboneConfig, create_backbone, read_state_dict
+from geoexplora.models.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from geoexplora.models.params import ParamReport, parameter_report
+from geoexplora.models.patch_embed import (
+    GroupPatchEmbed,
+    SpectralPatchEmbed,
+    TemporalPatchEmbed,
+    carry_rgb_kernel,
+    date_encoding,
+)
+from geoexplora.models.qkv import QKVLinear, fuse_qkv, split_qkv
+from geoexplora.models.strategies import (
+    StrategyConfig,
+    create_strategy,
+    export_merged_state_dict,
+    list_strategies,
+    merge_lora,
+    register_strategy,
+    strategy_from_dict,
+    unmerge_lora,
+)
+
+__all__ = [
+    "BackboneConfig",
+    "GroupPatchEmbed",
+    "ParamReport",
+    "QKVLinear",
+    "SpectralPatchEmbed",
+    "StrategyConfig",
+    "TemporalPatchEmbed",
+    "carry_rgb_kernel",
+    "create_backbone",
+    "create_strategy",
+    "date_encoding",
+    "export_merged_state_dict",
+    "fuse_qkv",
+    "list_strategies",
+    "load_checkpoint",
+    "merge_lora",
+    "parameter_report",
+    "read_checkpoint_config",
+    "read_state_dict",
+    "register_strategy",
+    "save_checkpoint",
+    "split_qkv",
+    "strategy_from_dict",
+    "unmerge_lora",
+]
