@@ -11,7 +11,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import fake_rasters  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared").resolve()
+SHARED_DATA = SHARED / "data"
+DINOV2_WEIGHTS = SHARED / "weights" / "vit_small_patch14_dinov2.safetensors"
 
 MULTIBAND_NAMES = ("coastal", "blue", "green", "red", "nir", "swir")
 MULTIBAND_NODATA = -9999.0
@@ -52,3 +54,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA}")
     return SHARED_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def dinov2_weights() -> Path:
+    """The real DINOv2 ViT-S/14 in timm names (``<repo>/../shared/weights``); skips when absent."""
+    if not DINOV2_WEIGHTS.is_file():
+        pytest.skip(f"real DINOv2 ViT-S/14 weights not found at {DINOV2_WEIGHTS}")
+    return DINOV2_WEIGHTS

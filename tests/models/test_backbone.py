@@ -11,12 +11,14 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.backbone import BackboneConfig, create_backbone
 
-DINOV2 = "/work/shared/weights/vit_small_patch14_dinov2.safetensors"
+from conftest import DINOV2_WEIGHTS
+
+DINOV2 = str(DINOV2_WEIGHTS)
 TINY = dict(model="vit_small_patch14_dinov2", embed_dim=64, depth=4, num_heads=4, patch_size=8, img_size=32)
 
 
 @pytest.fixture(scope="module")
-def dinov2_reference() -> torch.nn.Module:
+def dinov2_reference(dinov2_weights) -> torch.nn.Module:
     """timm's own ViT-S/14 at 56 px with the real DINOv2 weights, loaded timm's way."""
     model = timm.create_model("vit_small_patch14_dinov2", num_classes=0, img_size=56, dynamic_img_size=True)
     model.load_state_dict(checkpoint_filter_fn(load_file(DINOV2), model))

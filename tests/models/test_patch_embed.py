@@ -15,11 +15,13 @@ from geoexplora.models.patch_embed import (
     date_encoding,
 )
 
-DINOV2 = "/work/shared/weights/vit_small_patch14_dinov2.safetensors"
+from conftest import DINOV2_WEIGHTS
+
+DINOV2 = str(DINOV2_WEIGHTS)
 
 
 @pytest.fixture(scope="module")
-def rgb_kernel() -> torch.Tensor:
+def rgb_kernel(dinov2_weights) -> torch.Tensor:
     """The real DINOv2 ViT-S/14 kernel (384, 3, 14, 14): correlated R, G, B like any natural-image stem."""
     with safe_open(DINOV2, "pt") as f:
         return f.get_tensor("patch_embed.proj.weight")

@@ -1,0 +1,5 @@
+import sys
+
+from geoexplora.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The ``geoexplora`` command: one sub-command per module in this package.
+
+Every argparse sub-command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. The
+Lightning-driven commands (``pretrain``, ``finetune``) take a YAML recipe plus dotted overrides and are
+parsed by LightningCLI instead: their modules expose ``main(argv) -> int`` and are imported only when
+called. User errors
+(:class:`~geoexplora.errors.GeoExploraError`) are printed as one line on stderr with exit status 2,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from geoexplora import __version__
+from geoexplora.cli import demo, info, stats
+from geoexplora.errors import GeoExploraError
+
+COMMANDS = (info, stats, demo)
+# command -> (module with main(argv), one-line help); parsed by LightningCLI, see cli/lightning_runner.py.
+LIGHTNING_COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geoexplora",
+        description="Adapt pre-trained vision transformers to satellite and aerial imagery (ExPLoRA).",
+    )
+    parser.add_argument("--version", action="version", version=f"geoexplora {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    for name, (_, help_text) in LIGHTNING_COMMANDS.items():
+        subparsers.add_parser(name, help=f"{help_text} (--config RECIPE.yaml, dotted overrides; --help for keys)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI in-process (tests call ``main([...])``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            module = importlib.import_module(LIGHTNING_COMMANDS[argv[0]][0])
+            return module.main(argv[1:])
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        return args.run(args)
+    except GeoExploraError as error:
+        print(f"geoexplora: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geoexplora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

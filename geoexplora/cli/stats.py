@@ -1,0 +1,53 @@
+"""``geoexplora stats``: per-band statistics of a user's rasters, as a table or JSON.
+
+The same statistics are computed by ``pretrain``/``finetune`` and stored in checkpoints; this command
+lets an analyst check band names, nodata handling and value ranges before training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from geoexplora.data import GeoRasterDataset, compute_band_statistics
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("stats", help="per-band mean, std and 2-98 percentiles of rasters")
+    parser.add_argument("--raster", nargs="+", required=True, help="GeoTIFF files or folders")
+    parser.add_argument("--band-names", help="comma-separated names of all the file's bands (default: "
+                        "the file's band descriptions, else B1..Bn)")
+    parser.add_argument("--bands", help="comma-separated subset of band names to use")
+    parser.add_argument("--nodata", type=float, help="nodata value, overriding the files'")
+    parser.add_argument("--windows", type=int, default=64, help="random windows to sample (default 64)")
+    parser.add_argument("--window-size", type=int, default=64, help="window side in pixels (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", type=Path, help="also write the statistics to this JSON file")
+    parser.set_defaults(run=run)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [b.strip() for b in text.split(",") if b.strip()] if text else None
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset = GeoRasterDataset(args.raster, bands=_names(args.bands), band_names=_names(args.band_names),
+                               nodata=args.nodata)
+    stats = compute_band_statistics(dataset, num_windows=args.windows, window_size=args.window_size,
+                                    seed=args.seed)
+    if args.out:
+        partial = args.out.with_name(f".{args.out.name}.partial")
+        partial.write_text(json.dumps(stats.to_dict(), indent=2))
+        os.replace(partial, args.out)
+    if args.json:
+        print(json.dumps(stats.to_dict()))
+        return 0
+    print(f"{stats.num_windows} windows ({stats.skipped_windows} all-nodata skipped), "
+          f"{stats.num_pixels:,} valid pixels per band")
+    print(f"{'band':<14}{'mean':>12}{'std':>12}{'p2':>12}{'p98':>12}")
+    for name, s in stats.bands.items():
+        print(f"{name:<14}{s.mean:>12.4g}{s.std:>12.4g}{s.p2:>12.4g}{s.p98:>12.4g}")
+    return 0
