@@ -3,7 +3,9 @@
 # The pins below are for this machine kind (x86_64, no GPU, Python 3.12 from pyenv). torch 2.14.1 with
 # torchvision 0.29.1 is a CUDA build that runs on the CPU; PyPI's torchvision does not load beside the
 # on-disk CPU torch 2.13.0 wheel. pyproject.toml keeps ranges so users keep their own CUDA torch.
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || echo $(HOME)/.pyenv/versions/3.12.1/bin/python)
+# A real interpreter, not a pyenv shim (a shim fails when 3.12 is not the active pyenv version).
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
+                         $(shell command -v python3.12 2>/dev/null))
 VENV := .venv
 PY := $(VENV)/bin/python
 PINS := torch==2.14.1 torchvision==0.29.1 torchgeo==0.10.1 timm==1.0.31 peft==0.21.2 \
@@ -16,6 +18,7 @@ DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@test -n "$(PYTHON312)" || { echo "Python 3.12 is needed (TorchGeo 0.10); set PYTHON312=/path/to/python3.12"; exit 1; }
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(PINS)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
