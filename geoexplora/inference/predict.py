@@ -1,0 +1,394 @@
+"""The tiled-inference engine: a whole raster through a model, streamed, into a georeferenced COG.
+
+Memory is bounded by the raster's width, never its height: at most ``prefetch + 1`` input batches
+(B, C, tile, tile) float32 are held by the reader, one window row of the rolling blend buffer
+(:class:`~geoexplora.inference.blending.RowBlender`, ``(4K + 5) * tile * Wp`` bytes, Wp the padded
+width), the outputs of the row being finished (K float32 + 1 int64 per pixel of ``stride`` x W) and up
+to ``queue_blocks`` encoded blocks waiting for the writer, plus the model and GDAL's block cache
+(capped at :data:`~geoexplora.inference.reader.GDAL_CACHE_BYTES`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from geoexplora.data.raster import inspect_raster
+from geoexplora.errors import GeoExploraError
+from geoexplora.inference.blending import RowBlender
+from geoexplora.inference.reader import Batch, WindowReader
+from geoexplora.inference.windows import TileWindow, WindowGrid
+from geoexplora.inference.writer import BlockWriter, OutputSpec
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["segmentation", "classification"]
+PROBABILITY_SCALE = 254  # probabilities are written as uint8 round(p * 254); 255 is nodata
+PROBABILITY_NODATA = 255
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """The input raster's geometry, read once before any work."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    crs: rasterio.crs.CRS | None
+    transform: Affine
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What a :func:`predict_raster` call did.
+
+    Attributes:
+        raster: the input.
+        outputs: the files written (class map first, then probabilities when asked).
+        width, height: input size in pixels.
+        windows: windows run through the pipeline by this call (a resume skips finished ones).
+        total_windows: windows in the grid.
+        resumed_blocks: row blocks already written by an interrupted run (0 for a fresh run).
+        seconds: wall time of the call.
+        peak_rss_mb: the process's peak resident memory (``ru_maxrss``), MiB.
+        buffer_bytes: bytes of the rolling blend buffer (0 in classification mode).
+    """
+
+    raster: Path
+    outputs: tuple[Path, ...]
+    width: int
+    height: int
+    windows: int
+    total_windows: int
+    resumed_blocks: int
+    seconds: float
+    peak_rss_mb: float
+    buffer_bytes: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def __str__(self) -> str:
+        resumed = f", resuming after {self.resumed_blocks} written row blocks" if self.resumed_blocks else ""
+        rate = self.pixels / self.seconds / 1e6 if self.seconds > 0 else float("nan")
+        return (
+            f"Predicted {self.raster} ({self.width} x {self.height} px, {self.pixels / 1e6:.1f} Mpx) with "
+            f"{self.windows} of {self.total_windows} windows{resumed} in {self.seconds:.1f} s "
+            f"({rate:.2f} Mpx/s); peak memory {self.peak_rss_mb:.0f} MiB, blend buffer "
+            f"{self.buffer_bytes / 2**20:.1f} MiB; wrote {', '.join(str(p) for p in self.outputs)}."
+        )
+
+
+def predict_raster(
+    raster: Path,
+    out: Path,
+    model: Callable[[Tensor], Tensor],
+    *,
+    num_classes: int,
+    tile: int = 224,
+    overlap: int = 32,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    normalize: Callable[[Tensor], Tensor] | None = None,
+    bands: Sequence[int] | None = None,
+    mode: Mode = "segmentation",
+    probabilities: Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    nodata_out: int | None = None,
+    allow_no_crs: bool = False,
+    prefetch: int = 2,
+) -> PredictSummary:
+    """Run ``model`` over every window of ``raster`` and write the class map to ``out`` as a COG.
+
+    Windows of ``tile`` px overlapping by ``overlap`` px are read in a background thread, padded by
+    reflection at the right/bottom edges, normalised, batched and run under ``torch.inference_mode()``.
+    Segmentation: softmax probabilities are blended with a Hann taper over the overlaps, one window
+    row at a time, and each finished row block is written by a background thread; the class map is
+    uint8 (uint16 when K > 254) with nodata 255 (65535) wherever any read band is the file's nodata
+    or NaN. Classification: one class per window, written as a raster of ``rows x cols`` windows whose
+    transform is the input's scaled by the stride (pixel (i, j) is the window with origin
+    ``(j * stride, i * stride)``). Outputs keep the input's CRS and transform (and, for segmentation,
+    its size). Memory: see the module docstring; it does not grow with the raster's height.
+
+    Args:
+        raster: input GeoTIFF.
+        out: output class map (``.tif``); written as ``out.name + ".partial.tif"`` then renamed.
+        model: float32 (B, C, tile, tile) on ``device`` -> logits (B, K, tile, tile) for segmentation
+            or (B, K) for classification. An ``nn.Module`` is put in eval mode; it must already be on
+            ``device``.
+        num_classes: K.
+        tile, overlap: window size and overlap in pixels, ``0 <= overlap <= tile // 2``.
+        batch_size: windows per forward pass.
+        device: where batches are sent.
+        normalize: float32 (n, C, tile, tile) with NaN at nodata pixels -> normalised (e.g. a
+            :class:`~geoexplora.data.stats.Normalizer`); NaNs left are set to 0.
+        bands: 1-based band indexes in model order (default: all bands).
+        mode: ``"segmentation"`` or ``"classification"``.
+        probabilities: optional K-band per-class probability COG with the class map's geometry, uint8
+            ``round(p * 254)`` (band scale 1/254 in the metadata), 255 = nodata.
+        overwrite: replace existing outputs.
+        resume: continue an interrupted run with the same inputs and parameters from its last written
+            row block; the result is byte-identical to an uninterrupted run.
+        progress: show a tqdm bar (windows, windows/s).
+        nodata_out: class-map nodata (default 255, or 65535 for uint16); must not be a class id.
+        allow_no_crs: accept a raster without CRS/transform and write pixel coordinates.
+        prefetch: batches read ahead.
+
+    Raises:
+        GeoExploraError: before any work, for a missing/unreadable/truncated raster, a raster without
+            CRS (unless ``allow_no_crs``), too few bands, a missing or read-only output folder, an
+            existing output (unless ``overwrite`` or ``resume``), bad tile/overlap/classes; during the
+            run, for model outputs of the wrong shape.
+    """
+    started = time.perf_counter()
+    raster, out = Path(raster), Path(out)
+    source = check_raster(raster, allow_no_crs)
+    band_indexes = check_bands(raster, source.count, bands)
+    grid = WindowGrid(source.width, source.height, tile, overlap)
+    if mode not in ("segmentation", "classification"):
+        raise GeoExploraError(f"mode {mode!r}: use 'segmentation' or 'classification'")
+    if batch_size < 1:
+        raise GeoExploraError(f"batch size {batch_size}: must be at least 1")
+    dtype, nodata = class_dtype(num_classes, nodata_out)
+    paths = [out] if probabilities is None else [out, Path(probabilities)]
+    if len(set(paths)) != len(paths):
+        raise GeoExploraError(f"{out}: the class map and the probabilities need different paths")
+    for path in paths:
+        check_output(path, overwrite, resume)
+    specs = output_specs(source, grid, mode, paths, num_classes, dtype, nodata)
+    key = params_key(source, model, normalize, band_indexes, tile, overlap, batch_size, mode, num_classes,
+                     nodata, paths, allow_no_crs)
+    if isinstance(model, nn.Module):
+        model.eval()
+
+    rows_per_block = grid.stride if mode == "segmentation" else 1
+    writer = BlockWriter(specs, rows_per_block, key, resume)
+    done = writer.blocks_done
+    # Segmentation re-blends the last written window row: it holds the overlap carried into the next.
+    first_row = max(done - 1, 0) if mode == "segmentation" else done
+    sink = _SegmentationRows(grid, num_classes, dtype, nodata, probabilities is not None) if mode == "segmentation" \
+        else _ClassificationRows(grid, num_classes, dtype, nodata, probabilities is not None)
+    device = torch.device(device)
+    reader = WindowReader(raster, grid, band_indexes, batch_size, normalize,
+                          start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
+                          pin_memory=device.type == "cuda")
+    todo = len(grid) - first_row * grid.cols
+    windows_with_data = 0
+    with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=not progress) as bar:
+        for batch in reader:
+            probs = _forward(model, batch, device, mode, num_classes, grid.tile)
+            windows_with_data += len(batch.has_data)
+            by_window = dict(zip(batch.has_data, probs, strict=True))
+            for i, window in enumerate(batch.windows):
+                if window.row < first_row:
+                    continue
+                sink.add(window, by_window.get(i), batch.invalid[i])
+                bar.update(1)
+                if window.col == grid.cols - 1:
+                    row_start, block = sink.finish_row(window.row)
+                    if window.row >= done:
+                        writer.put(window.row, row_start, block)
+    writer.finish()
+    if windows_with_data == 0 and done == 0:
+        logger.warning("%s: every pixel is nodata or NaN; %s is all nodata", raster, out)
+    return PredictSummary(
+        raster, tuple(paths), source.width, source.height, todo, len(grid), done, time.perf_counter() - started,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, sink.buffer_bytes,
+    )
+
+
+def check_raster(raster: Path, allow_no_crs: bool = False) -> SourceInfo:
+    """The raster's geometry after :func:`~geoexplora.data.raster.inspect_raster`'s checks.
+
+    With ``allow_no_crs`` a raster without CRS is accepted (its pixel grid is the coordinate system),
+    but it must still be readable to its last row.
+    """
+    if not raster.is_file():
+        raise GeoExploraError(f"{raster}: no such raster file")
+    try:
+        inspect_raster(raster)
+    except GeoExploraError:
+        if not (allow_no_crs and _lacks_crs(raster)):
+            raise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(raster) as src:
+                src.read(1, window=Window(0, src.height - 1, src.width, 1))
+                return SourceInfo(raster, src.width, src.height, src.count, src.crs, src.transform)
+        except RasterioError as err:
+            raise GeoExploraError(f"{raster}: not a readable raster ({str(err).splitlines()[0]})") from None
+
+
+def _lacks_crs(raster: Path) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(raster) as src:
+                return src.crs is None
+        except RasterioError:
+            return False
+
+
+def check_bands(raster: Path, count: int, bands: Sequence[int] | None) -> list[int]:
+    """1-based band indexes to read: ``bands``, checked against the file's ``count``, or all bands."""
+    if bands is None:
+        return list(range(1, count + 1))
+    wanted = [int(b) for b in bands]
+    if not wanted:
+        raise GeoExploraError(f"{raster}: no bands asked for")
+    bad = [b for b in wanted if not 1 <= b <= count]
+    if bad:
+        raise GeoExploraError(
+            f"{raster}: has {count} bands but bands {', '.join(map(str, wanted))} were asked for "
+            f"(band {bad[0]} does not exist; bands are numbered from 1)"
+        )
+    return wanted
+
+
+def check_output(path: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse an output whose folder is missing or read-only, or that exists (unless overwrite/resume)."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise GeoExploraError(f"{path}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GeoExploraError(f"{path}: output folder {folder} is not writable")
+    if path.is_dir():
+        raise GeoExploraError(f"{path}: is a folder; give an output file name")
+    if path.exists() and not (overwrite or resume):
+        raise GeoExploraError(f"{path}: already exists; pass overwrite to replace it")
+
+
+def class_dtype(num_classes: int, nodata_out: int | None) -> tuple[str, int]:
+    """Class-map dtype and nodata: uint8/255 for K <= 254 classes, else uint16/65535."""
+    if not 1 <= num_classes <= 65535:
+        raise GeoExploraError(f"num_classes {num_classes}: must be between 1 and 65535")
+    dtype, default = ("uint8", 255) if num_classes <= 254 else ("uint16", 65535)
+    nodata = default if nodata_out is None else int(nodata_out)
+    if not num_classes <= nodata <= np.iinfo(dtype).max:
+        raise GeoExploraError(
+            f"nodata_out {nodata}: must be a {dtype} value that is not a class id (>= {num_classes})"
+        )
+    return dtype, nodata
+
+
+def output_specs(
+    source: SourceInfo, grid: WindowGrid, mode: Mode, paths: Sequence[Path], num_classes: int, dtype: str, nodata: int
+) -> list[OutputSpec]:
+    """The class map (and probabilities) specs: the input's grid, or the window grid for classification."""
+    if mode == "segmentation":
+        width, height, transform = source.width, source.height, source.transform
+    else:
+        width, height, transform = grid.cols, grid.rows, source.transform @ Affine.scale(grid.stride)
+    specs = [OutputSpec(paths[0], 1, dtype, nodata, width, height, source.crs, transform, descriptions=("class",))]
+    if len(paths) > 1:
+        specs.append(OutputSpec(
+            paths[1], num_classes, "uint8", PROBABILITY_NODATA, width, height, source.crs, transform,
+            scales=(1 / PROBABILITY_SCALE,) * num_classes,
+            descriptions=tuple(f"probability class {k}" for k in range(num_classes)),
+        ))
+    return specs
+
+
+def params_key(source: SourceInfo, model: object, normalize: object, *params: object) -> str:
+    """sha256 of the input file's identity, the parameters, and the weights of ``nn.Module`` model/normaliser."""
+    stat = source.path.stat()
+    digest = hashlib.sha256(json.dumps(
+        [str(source.path.resolve()), stat.st_size, stat.st_mtime_ns, [str(p) for p in params]]
+    ).encode())
+    for module in (model, normalize):
+        if isinstance(module, nn.Module):
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _forward(model: Callable[[Tensor], Tensor], batch: Batch, device: torch.device, mode: Mode,
+             num_classes: int, tile: int) -> np.ndarray:
+    """float32 softmax probabilities of the batch's windows with data: (n, K, tile, tile) or (n, K)."""
+    n = len(batch.has_data)
+    expected = (n, num_classes, tile, tile) if mode == "segmentation" else (n, num_classes)
+    if n == 0:
+        return np.empty(expected, dtype=np.float32)
+    logits = model(batch.images.to(device, non_blocking=True))
+    if tuple(logits.shape) != expected:
+        raise GeoExploraError(
+            f"model output has shape {tuple(logits.shape)}; {mode} with {num_classes} classes needs {expected}"
+        )
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+class _SegmentationRows:
+    """Blends window rows (:class:`RowBlender`) and encodes finished rows for the writer."""
+
+    def __init__(self, grid: WindowGrid, num_classes: int, dtype: str, nodata: int, probabilities: bool) -> None:
+        self.grid, self.dtype, self.nodata, self.probabilities = grid, dtype, nodata, probabilities
+        self.blender = RowBlender(grid, num_classes)
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.blender.nbytes
+
+    def add(self, window: TileWindow, probs: np.ndarray | None, invalid: np.ndarray) -> None:
+        self.blender.add(window, probs, invalid)
+
+    def finish_row(self, row: int) -> tuple[int, list[np.ndarray]]:
+        """(first raster row, [class map (1, n, W), probabilities (K, n, W) uint8 when asked])."""
+        classes, invalid, probs = self.blender.finish_row(row, self.probabilities)
+        class_map = classes.astype(self.dtype)
+        class_map[invalid] = self.nodata
+        block = [class_map[None]]
+        if probs is not None:
+            encoded = np.rint(probs * PROBABILITY_SCALE).astype(np.uint8)
+            encoded[:, invalid] = PROBABILITY_NODATA
+            block.append(encoded)
+        return self.grid.output_rows(row)[0], block
+
+
+class _ClassificationRows:
+    """Collects one class (and K probabilities) per window of a row; windows without data are nodata."""
+
+    buffer_bytes = 0
+
+    def __init__(self, grid: WindowGrid, num_classes: int, dtype: str, nodata: int, probabilities: bool) -> None:
+        self.nodata = nodata
+        self.classes = np.full((1, 1, grid.cols), nodata, dtype=dtype)
+        self.probs = np.full((num_classes, 1, grid.cols), PROBABILITY_NODATA, np.uint8) if probabilities else None
+
+    def add(self, window: TileWindow, probs: np.ndarray | None, invalid: np.ndarray) -> None:
+        if probs is None:
+            return
+        self.classes[0, 0, window.col] = probs.argmax()
+        if self.probs is not None:
+            self.probs[:, 0, window.col] = np.rint(probs * PROBABILITY_SCALE)
+
+    def finish_row(self, row: int) -> tuple[int, list[np.ndarray]]:
+        """(row, [classes (1, 1, cols), probabilities (K, 1, cols) uint8 when asked]), then reset."""
+        block = [self.classes.copy()] + ([self.probs.copy()] if self.probs is not None else [])
+        self.classes[:] = self.nodata
+        if self.probs is not None:
+            self.probs[:] = PROBABILITY_NODATA
+        return row, block

@@ -1,0 +1,94 @@
+"""Polygons from a class map: one feature per connected region of one class.
+
+The class map is read in one piece (1 or 2 bytes per pixel, the size of the output raster) and
+polygonised with :func:`rasterio.features.shapes` (4-connected), nodata excluded. Areas are in the
+raster CRS's units squared (square degrees for a geographic CRS: reproject first for areas in m^2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.features
+from shapely.geometry import shape
+
+from geoexplora.errors import GeoExploraError
+
+VECTOR_SUFFIXES = {".gpkg": "GPKG", ".parquet": "parquet", ".geoparquet": "parquet"}
+
+
+def vectorize_classes(
+    class_map: Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+) -> gpd.GeoDataFrame:
+    """Polygons of the regions of ``class_map``, in its CRS.
+
+    Args:
+        class_map: single-band integer raster (e.g. the output of :func:`predict_raster`).
+        class_names: name of class id ``i`` at index ``i``; adds a ``class_name`` column.
+        min_area: drop polygons smaller than this, in map units squared.
+        simplify: Douglas-Peucker tolerance in map units (topology preserved per polygon); 0 keeps
+            the pixel outlines.
+
+    Returns:
+        Columns ``class_id`` (int), ``class_name`` (str, when names are given), ``area`` (float, map
+        units squared, after simplification), ``geometry`` (Polygon).
+    """
+    class_map = Path(class_map)
+    if not class_map.is_file():
+        raise GeoExploraError(f"{class_map}: no such class map")
+    with rasterio.open(class_map) as src:
+        data = src.read(1)
+        nodata, transform, crs = src.nodata, src.transform, src.crs
+    if not np.issubdtype(data.dtype, np.integer):
+        raise GeoExploraError(f"{class_map}: class map must hold integers, not {data.dtype}")
+    mask = None if nodata is None else data != nodata
+    shapes = rasterio.features.shapes(data, mask=mask, transform=transform, connectivity=4)
+    records = [(int(value), shape(geometry)) for geometry, value in shapes]
+    frame = gpd.GeoDataFrame(
+        {"class_id": np.array([r[0] for r in records], dtype=np.int64)},
+        geometry=gpd.GeoSeries([r[1] for r in records], crs=crs), crs=crs,
+    )
+    if simplify > 0:
+        frame["geometry"] = frame.geometry.simplify(simplify, preserve_topology=True)
+    frame["area"] = frame.geometry.area
+    if min_area > 0:
+        frame = frame[frame["area"] >= min_area].reset_index(drop=True)
+    if class_names is not None:
+        unnamed = sorted(set(frame["class_id"]) - set(range(len(class_names))))
+        if unnamed:
+            raise GeoExploraError(f"{class_map}: class id {unnamed[0]} has no name ({len(class_names)} names given)")
+        frame.insert(1, "class_name", [class_names[i] for i in frame["class_id"]])
+    return frame
+
+
+def write_vectors(frame: gpd.GeoDataFrame, path: Path, *, overwrite: bool = False) -> Path:
+    """Write ``frame`` as GeoPackage (``.gpkg``) or GeoParquet (``.parquet``/``.geoparquet``).
+
+    Written under ``<stem>.partial<suffix>`` next to ``path`` and renamed, so ``path`` never holds a
+    partial file.
+    """
+    path = Path(path)
+    driver = VECTOR_SUFFIXES.get(path.suffix.lower())
+    if driver is None:
+        raise GeoExploraError(f"{path}: unknown vector format; use {', '.join(VECTOR_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise GeoExploraError(f"{path}: output folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise GeoExploraError(f"{path}: already exists; pass overwrite to replace it")
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    partial.unlink(missing_ok=True)
+    if driver == "GPKG":
+        frame.to_file(partial, driver="GPKG", layer=path.stem)
+    else:
+        frame.to_parquet(partial)
+    os.replace(partial, path)
+    return path
