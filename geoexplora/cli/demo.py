@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"scene: {sample.image}\nland-cover map: {sample.labels}")
 
     _step("Opening it as a TorchGeo dataset")
-    band_names = [f"{sample.sensor}:{b}" for b in sample.bands]
-    dataset = GeoRasterDataset(sample.image, band_names=band_names)
+    dataset = GeoRasterDataset(sample.image, band_names=sample.bands)
     print(f"{len(dataset.band_names)} bands {', '.join(dataset.band_names)}; CRS {_crs_name(dataset.crs)}; "
           f"resolution {dataset.res[0]:.1f} m")
 
@@ -63,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     normalize = Normalizer(stats, dataset.band_names)
 
     _step("Building the ExPLoRA ViT-S/14 for these bands")
-    cfg = BackboneConfig(model="vit_small_patch14_dinov2", weights=args.weights, bands=band_names, img_size=WINDOW)
+    cfg = BackboneConfig(model="vit_small_patch14_dinov2", weights=args.weights, bands=list(sample.bands),
+                         sensor=sample.sensor, img_size=WINDOW)
     print(f"weights: {args.weights or 'random init (pass --weights for the real DINOv2 ViT-S/14)'}")
     strategy = create_strategy("explora")
     model = strategy.apply(create_backbone(cfg)).eval()

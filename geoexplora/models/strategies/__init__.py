@@ -7,6 +7,7 @@ from geoexplora.models.strategies.base import (
     register_strategy,
     strategy_from_dict,
 )
+from geoexplora.models.strategies.block_expansion import BlockExpansionStrategy
 from geoexplora.models.strategies.baselines import FullFinetuneStrategy, LinearProbeStrategy
 from geoexplora.models.strategies.explora import ExploraStrategy
 from geoexplora.models.strategies.lora import (
@@ -15,8 +16,14 @@ from geoexplora.models.strategies.lora import (
     merge_lora,
     unmerge_lora,
 )
+from geoexplora.models.strategies.rlrr import RLRRLinear, RLRRNorm, RLRRStrategy, merge_rlrr
 
 __all__ = [
+    "BlockExpansionStrategy",
+    "RLRRLinear",
+    "RLRRNorm",
+    "RLRRStrategy",
+    "merge_rlrr",
     "ExploraStrategy",
     "FullFinetuneStrategy",
     "LinearProbeStrategy",

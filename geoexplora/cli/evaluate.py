@@ -1,0 +1,141 @@
+"""``geoexplora evaluate --checkpoint DIR --config RECIPE``: metrics of a fine-tuned checkpoint.
+
+Reads the recipe's ``data`` section (the data module's arguments; band statistics and normalisation
+come from the checkpoint), scores one split, prints a table (or one JSON object with ``--json``) and,
+with ``--out DIR``, writes ``confusion_matrix.png`` / ``per_class_iou.png``. ``--retention SOURCE`` runs
+the forgetting check: k-NN accuracy (DINOv2 protocol) of the source backbone and of the adapted one on a
+labelled source-domain set (a tiles folder / CSV, or a recipe YAML whose ``data`` section describes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from geoexplora.errors import GeoExploraError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="score a fine-tuned checkpoint on a recipe's data")
+    parser.add_argument("--checkpoint", required=True, help="fine-tuned geoexplora checkpoint folder")
+    parser.add_argument("--config", required=True, help="recipe YAML whose data section gives the labelled data")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to score")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--out", help="folder for confusion-matrix / per-class IoU plots and metrics.json")
+    parser.add_argument("--retention", metavar="SOURCE_DATA",
+                        help="k-NN accuracy on a source-domain labelled set before and after adaptation")
+    parser.set_defaults(run=run)
+
+
+def read_data_section(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise GeoExploraError(f"{path}: no such recipe")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe.get("data"), dict):
+        raise GeoExploraError(f"{path}: recipe has no data section")
+    return dict(recipe["data"])
+
+
+def data_module(data: dict[str, Any], extra: dict[str, Any]):
+    from geoexplora.tasks.finetune_data import LabelledRasterDataModule
+
+    data.update(band_statistics=extra.get("band_statistics"), normalization=extra.get("normalization") or "standardize")
+    module = LabelledRasterDataModule(**data)
+    module.setup()
+    return module
+
+
+@torch.no_grad()
+def score(task, loader) -> dict[str, Any]:
+    from geoexplora.tasks.finetune import task_metrics
+
+    metrics = task_metrics(task.task, len(task.classes), task.ignore_index)
+    for batch in loader:
+        logits = task(batch["image"])
+        target = task.target(batch)
+        metrics.update(logits.sigmoid() if task.task == "multilabel" else logits,
+                       target.long() if task.task == "multilabel" else target)
+    return {k: v.tolist() for k, v in metrics.compute().items()}
+
+
+def retention(task, config: dict[str, Any], source: str) -> dict[str, float]:
+    """k-NN accuracy on ``source`` with the source backbone (before) and the adapted one (after)."""
+    from geoexplora.models import create_backbone
+    from geoexplora.tasks.knn import extract_features, knn_accuracy
+
+    data = read_data_section(source) if source.endswith((".yaml", ".yml")) else {"tiles": source}
+    data.setdefault("label_mode", "majority")
+    module = data_module(data, {})
+    before = create_backbone(config["backbone"])
+    out = {}
+    for name, backbone in (("before", before), ("after", task.model.backbone)):
+        train = extract_features(backbone, module.train_dataloader())
+        test = extract_features(backbone, module.test_dataloader())
+        out[name] = knn_accuracy(*train, *test, len(module.classes), ignore_index=task.ignore_index)
+    out["drop"] = out["before"] - out["after"]
+    return out
+
+
+def plot(results: dict[str, Any], classes: list[str], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    if "confusion_matrix" in results:
+        fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
+        ax.imshow(results["confusion_matrix"], cmap="Blues")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true")
+        ax.set_xticklabels(classes, rotation=90)
+        ax.set_yticklabels(classes)
+        fig.tight_layout()
+        fig.savefig(out / "confusion_matrix.png", dpi=100)
+        plt.close(fig)
+    if "per_class_iou" in results:
+        fig, ax = plt.subplots(figsize=(2 + 0.5 * len(classes), 3))
+        ax.bar(classes, results["per_class_iou"])
+        ax.set(ylabel="IoU", ylim=(0, 1))
+        ax.tick_params(axis="x", rotation=90)
+        fig.tight_layout()
+        fig.savefig(out / "per_class_iou.png", dpi=100)
+        plt.close(fig)
+
+
+def table(results: dict[str, Any], classes: list[str]) -> str:
+    lines = [f"{'metric':<24}{'value':>10}"]
+    lines += [f"{name:<24}{value:>10.4f}" for name, value in results.items() if isinstance(value, float)]
+    for name, value in results.items():
+        if name == "per_class_iou":
+            lines += [f"{'IoU ' + c:<24}{v:>10.4f}" for c, v in zip(classes, value, strict=True)]
+        elif isinstance(value, dict):
+            lines += [f"{name + ' ' + k:<24}{v:>10.4f}" for k, v in value.items()]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from geoexplora.tasks.finetune import load_finetuned
+
+    task, config = load_finetuned(args.checkpoint)
+    module = data_module(read_data_section(args.config), config["extra"])
+    if list(module.band_names) != list(config["backbone"].bands):
+        raise GeoExploraError(f"{args.config}: data bands {list(module.band_names)} differ from the checkpoint's "
+                              f"{config['backbone'].bands}")
+    if list(module.classes) != task.classes:
+        raise GeoExploraError(f"{args.config}: data classes {module.classes} differ from the checkpoint's {task.classes}")
+    loader = {"train": module.train_dataloader, "val": module.val_dataloader, "test": module.test_dataloader}
+    results = score(task, loader[args.split]())
+    if args.retention:
+        results["knn_retention"] = retention(task, config, args.retention)
+    if args.out:
+        plot(results, task.classes, Path(args.out))
+        (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({"split": args.split, "classes": task.classes, **results}) if args.json
+          else table(results, task.classes))
+    return 0

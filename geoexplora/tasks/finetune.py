@@ -1,0 +1,283 @@
+"""Supervised fine-tuning: one Lightning module for scene classification, multi-label and segmentation.
+
+The module is thin: :class:`~geoexplora.models.heads.SupervisedModel` (backbone + head) computes logits,
+the loss is cross-entropy (``ignore_index`` skipped) or binary cross-entropy (multi-label), and one
+torchmetrics ``MetricCollection`` per task is cloned per split. Classes, band statistics and
+normalisation come from the data module at ``setup`` unless given, and go into the exported checkpoint.
+
+An ``init_checkpoint`` (e.g. an ExPLoRA pre-training run) is rebuilt from its config, its LoRA merged into
+plain weights, and the fine-tuning strategy (published: ``lora`` rank 8) applied on top of that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
+
+from geoexplora.errors import GeoExploraError
+from geoexplora.models import (
+    BackboneConfig,
+    create_backbone,
+    create_strategy,
+    export_merged_state_dict,
+    load_checkpoint,
+    read_checkpoint_config,
+)
+from geoexplora.models.heads import SupervisedModel, create_head, segmentation_feature_blocks
+
+Task = Literal["classification", "multilabel", "segmentation"]
+TASKS = ("classification", "multilabel", "segmentation")
+SPLITS = ("train", "val", "test")
+
+
+def task_metrics(task: str, num_classes: int, ignore_index: int) -> MetricCollection:
+    """The metrics of ``task``; non-scalar ones (confusion matrix, per-class IoU) are not logged per step."""
+    k = num_classes
+    metrics: dict[str, Metric]
+    if task == "classification":
+        metrics = {
+            "accuracy": MulticlassAccuracy(k, top_k=1, average="micro", ignore_index=ignore_index),
+            "top5_accuracy": MulticlassAccuracy(k, top_k=min(5, k), average="micro", ignore_index=ignore_index),
+            "macro_f1": MulticlassF1Score(k, average="macro", ignore_index=ignore_index),
+            "confusion_matrix": MulticlassConfusionMatrix(k, ignore_index=ignore_index),
+        }
+    elif task == "multilabel":
+        metrics = {
+            "mAP": MultilabelAveragePrecision(k, average="macro"),
+            "micro_f1": MultilabelF1Score(k, average="micro"),
+            "macro_f1": MultilabelF1Score(k, average="macro"),
+        }
+    else:
+        metrics = {
+            "mIoU": MulticlassJaccardIndex(k, average="macro", ignore_index=ignore_index),
+            "per_class_iou": MulticlassJaccardIndex(k, average="none", ignore_index=ignore_index),
+            "pixel_accuracy": MulticlassAccuracy(k, average="micro", ignore_index=ignore_index),
+            "confusion_matrix": MulticlassConfusionMatrix(k, ignore_index=ignore_index),
+        }
+    return MetricCollection(metrics)
+
+
+def merged_pretrained_backbone(directory: str | Path) -> tuple[nn.Module, BackboneConfig]:
+    """A plain backbone (no adapters) with a pre-training checkpoint's adapters merged into its weights."""
+    adapted, config = load_checkpoint(directory)
+    backbone_config = config["backbone"]
+    plain = create_backbone(replace(backbone_config, weights=None))
+    try:
+        plain.load_state_dict(export_merged_state_dict(adapted), strict=True)
+    except RuntimeError as e:
+        raise GeoExploraError(f"{directory}: checkpoint holds more than a backbone ({str(e).splitlines()[0]})") from None
+    return plain, backbone_config
+
+
+class FinetuneTask(L.LightningModule):
+    """Fine-tune an adapted ViT with a new head for classification, multi-label or segmentation.
+
+    Args:
+        task: ``classification`` (one class per sample, ``label`` int64), ``multilabel`` (``label``
+            multi-hot float (K,)) or ``segmentation`` (``mask`` int64 (H, W)).
+        backbone: the backbone (timm model, source weights, bands); with ``init_checkpoint`` it may be
+            omitted, and when given its model and bands must match the checkpoint's.
+        init_checkpoint: a geoexplora checkpoint folder (e.g. ExPLoRA pre-training) to start from: its
+            adapters are merged into the weights before ``strategy`` is applied. The folder must stay
+            available: fine-tuned checkpoints refer to it.
+        strategy: adaptation strategy (``lora``, ``linear``, ``full``, ``block-expansion``, ``rlrr``, ...).
+        strategy_options: the strategy's options, e.g. ``{lora_rank: 8}``.
+        classes: class names; default: the data module's.
+        pool: classification pooling, ``cls`` token or ``mean`` of the patch tokens.
+        segmentation_head: ``linear`` (last block, per patch) or ``progressive`` (several blocks).
+        feature_blocks: blocks feeding the segmentation head; default the last (linear) or 4 evenly spaced.
+        decoder_channels: width of the progressive segmentation head.
+        lr: AdamW learning rate (cosine decay over the run).
+        weight_decay: AdamW weight decay.
+        ignore_index: target value that is not scored (nodata / unlabelled pixels).
+    """
+
+    def __init__(
+        self,
+        task: Task = "classification",
+        backbone: BackboneConfig | None = None,
+        init_checkpoint: str | None = None,
+        strategy: str = "lora",
+        strategy_options: dict[str, Any] | None = None,
+        classes: list[str] | None = None,
+        pool: Literal["cls", "mean"] = "cls",
+        segmentation_head: Literal["linear", "progressive"] = "progressive",
+        feature_blocks: list[int] | None = None,
+        decoder_channels: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise GeoExploraError(f"task must be one of {TASKS}, got {task!r}")
+        self.save_hyperparameters()
+        self.task = task
+        self.init_checkpoint = init_checkpoint
+        self.strategy_config = create_strategy(strategy, **(strategy_options or {}))
+        self.backbone_config, self.backbone = self._build_backbone(backbone, init_checkpoint)
+        self.strategy_config.apply(self.backbone)
+        self.head_options: dict[str, Any] = {"pool": pool, "segmentation_head": segmentation_head,
+                                             "feature_blocks": feature_blocks, "decoder_channels": decoder_channels}
+        self.lr, self.weight_decay, self.ignore_index = lr, weight_decay, ignore_index
+        self.band_statistics: dict[str, Any] | None = None
+        self.normalization: str | None = None
+        self.classes: list[str] | None = None
+        self.model: SupervisedModel | None = None
+        if classes is not None:
+            self.build_head(classes)
+
+    @staticmethod
+    def _build_backbone(config: BackboneConfig | None, init_checkpoint: str | None) -> tuple[BackboneConfig, nn.Module]:
+        if init_checkpoint is None:
+            if config is None:
+                raise GeoExploraError("fine-tuning needs a backbone config or an init_checkpoint")
+            return config, create_backbone(config)
+        source = read_checkpoint_config(init_checkpoint)["backbone"]
+        if config is not None and (config.model, config.bands) != (source.model, source.bands):
+            raise GeoExploraError(
+                f"{init_checkpoint}: checkpoint backbone {source.model} on bands {source.bands} does not match "
+                f"the configured {config.model} on bands {config.bands}"
+            )
+        backbone, source = merged_pretrained_backbone(init_checkpoint)
+        return source, backbone
+
+    def build_head(self, classes: list[str]) -> None:
+        """Create the head for ``classes`` and the metrics (once)."""
+        if len(classes) < 2 and self.task != "multilabel":
+            raise GeoExploraError(f"a {self.task} task needs at least 2 classes, got {classes}")
+        self.classes = list(classes)
+        options = self.head_options
+        depth = len(self.backbone.blocks)
+        blocks = segmentation_feature_blocks(depth, options["segmentation_head"], options["feature_blocks"])
+        if self.task == "segmentation":
+            options["feature_blocks"] = blocks
+        head = create_head(
+            self.task, self.backbone.embed_dim, len(classes), self.backbone.num_prefix_tokens,
+            pool=options["pool"], segmentation_head=options["segmentation_head"], num_levels=len(blocks),
+            channels=options["decoder_channels"],
+        )
+        self.model = SupervisedModel(self.backbone, head, blocks)
+        metrics = task_metrics(self.task, len(classes), self.ignore_index)
+        self.metrics = nn.ModuleDict({f"{split}_metrics": metrics.clone() for split in SPLITS})
+
+    def setup(self, stage: str) -> None:
+        """Take classes, band statistics and normalisation from the data module; check they fit."""
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if data is None:
+            return
+        if tuple(data.band_names) != tuple(self.backbone_config.bands):
+            raise GeoExploraError(
+                f"data bands {list(data.band_names)} differ from the backbone's bands {self.backbone_config.bands}"
+            )
+        if self.model is None:
+            self.build_head(list(data.classes))
+        elif len(data.classes) > len(self.classes):
+            raise GeoExploraError(f"data has {len(data.classes)} classes {list(data.classes)}, "
+                                  f"more than the head's {len(self.classes)} {self.classes}")
+        self.band_statistics = data.band_statistics.to_dict()
+        self.normalization = data.normalization
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.model(image)
+
+    def target(self, batch: dict[str, Tensor]) -> Tensor:
+        return batch["mask"] if self.task == "segmentation" else batch["label"]
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, target.float())
+        if (target == self.ignore_index).all():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+
+    def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        logits = self(batch["image"])
+        target = self.target(batch)
+        loss = self.loss(logits, target)
+        scores = logits.sigmoid() if self.task == "multilabel" else logits
+        self.metrics[f"{split}_metrics"].update(scores.detach(), target.long() if self.task == "multilabel" else target)
+        self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=target.shape[0])
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_epoch(self, split: str) -> None:
+        results = self.metrics[f"{split}_metrics"].compute()
+        self.log_dict({f"{split}/{k}": v for k, v in results.items() if v.numel() == 1})
+        self.metrics[f"{split}_metrics"].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def export_model(self) -> nn.Module:
+        return self.model
+
+    def export_config(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone_config,
+            "strategy": self.strategy_config,
+            "extra": {
+                "task": self.task,
+                "classes": self.classes,
+                "band_statistics": self.band_statistics,
+                "normalization": self.normalization,
+                "ignore_index": self.ignore_index,
+                "head": self.head_options,
+                "init_checkpoint": None if self.init_checkpoint is None else str(Path(self.init_checkpoint).resolve()),
+            },
+        }
+
+
+def load_finetuned(directory: str | Path) -> tuple[FinetuneTask, dict[str, Any]]:
+    """Rebuild a fine-tuned task from its checkpoint (strict tensor check), in eval mode."""
+    config = read_checkpoint_config(directory)
+    extra = config["extra"]
+    if extra.get("task") not in TASKS:
+        raise GeoExploraError(f"{directory}: not a fine-tuning checkpoint (task {extra.get('task')!r})")
+    strategy = config["strategy"].to_dict()
+    task = FinetuneTask(
+        task=extra["task"], backbone=config["backbone"], init_checkpoint=extra.get("init_checkpoint"),
+        strategy=strategy.pop("name"), strategy_options=strategy, classes=extra["classes"],
+        ignore_index=extra.get("ignore_index", 255),
+        **{k: v for k, v in extra["head"].items()},
+    )
+    load_checkpoint(directory, wrap=lambda _backbone, _config: task.model)
+    task.band_statistics, task.normalization = extra.get("band_statistics"), extra.get("normalization")
+    return task.eval(), config
