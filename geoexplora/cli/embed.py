@@ -1,0 +1,72 @@
+"""``geoexplora embed``: window embeddings of rasters as GeoParquet, optionally a dense PCA GeoTIFF.
+
+The encoder is a checkpoint's backbone (``--checkpoint DIR``, with its band statistics) or a timm model
+by name (``--backbone NAME [--weights PATH] --bands ...``, statistics computed from the rasters).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from geoexplora.errors import GeoExploraError
+from geoexplora.inference.embed import Encoder, build_encoder, embed_rasters, load_encoder
+
+DEFAULT_PCA = 3
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("embed", help="embed raster windows into GeoParquet (and a dense PCA GeoTIFF)")
+    parser.add_argument("--raster", nargs="+", required=True, type=Path, help="GeoTIFFs with the same bands")
+    parser.add_argument("--checkpoint", type=Path, help="pretrain or fine-tuning checkpoint folder")
+    parser.add_argument("--backbone", help="timm ViT name, instead of --checkpoint")
+    parser.add_argument("--weights", help="with --backbone: 'timm' or a local .safetensors/.pth file (default: random)")
+    parser.add_argument("--bands", help="with --backbone: comma-separated band names the model reads")
+    parser.add_argument("--band-names", help="comma-separated names of all the files' bands (default: their "
+                        "band descriptions, else B1..Bn)")
+    parser.add_argument("--out", required=True, type=Path, help="output GeoParquet (.parquet)")
+    parser.add_argument("--tile", type=int, default=224, help="window side, pixels (default 224)")
+    parser.add_argument("--stride", type=int, help="pixels between window origins (default: the tile)")
+    parser.add_argument("--pool", choices=("cls", "mean"), default="cls", help="cls token or mean of patch tokens")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dense", type=Path, help="also write per-patch embeddings reduced by PCA to this GeoTIFF")
+    parser.add_argument("--pca", type=int, help=f"with --dense: PCA components, bands of the GeoTIFF (default {DEFAULT_PCA})")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(run=run)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [b.strip() for b in text.split(",") if b.strip()] if text else None
+
+
+def encoder_from_args(args: argparse.Namespace) -> Encoder:
+    """The checkpoint's encoder, or the named timm backbone over ``--bands``."""
+    if (args.checkpoint is None) == (args.backbone is None):
+        raise GeoExploraError("give either --checkpoint DIR or --backbone NAME --bands B1,B2,...")
+    if args.checkpoint is not None:
+        if args.weights or args.bands:
+            raise GeoExploraError(f"{args.checkpoint}: --weights and --bands go with --backbone; "
+                                  "a checkpoint names its own")
+        return load_encoder(args.checkpoint)
+    bands = _names(args.bands)
+    if not bands:
+        raise GeoExploraError(f"--backbone {args.backbone}: needs --bands, the band names it reads")
+    return build_encoder(args.backbone, bands, args.weights)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pca is not None and args.dense is None:
+        raise GeoExploraError("--pca goes with --dense OUT.tif")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GeoExploraError("--device cuda: no CUDA device is available")
+    summary = embed_rasters(
+        args.raster, args.out, encoder_from_args(args), band_names=_names(args.band_names), tile=args.tile,
+        stride=args.stride, pool=args.pool, batch_size=args.batch_size, device=device, dense=args.dense,
+        pca=DEFAULT_PCA if args.pca is None else args.pca, overwrite=args.overwrite,
+    )
+    print(summary)
+    return 0

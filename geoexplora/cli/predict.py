@@ -1,0 +1,143 @@
+"""``geoexplora predict``: a fine-tuned checkpoint over whole rasters, written as georeferenced COGs.
+
+The raster side (windows, blending, streaming writer, resume) is :func:`geoexplora.inference.predict_raster`;
+this module maps the checkpoint's bands onto the file's, rebuilds the model and its normalisation from the
+checkpoint, and adds the optional vector and preview outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from geoexplora.bands import RGB_ROLES, rgb_role
+from geoexplora.data import BandStatistics, Normalizer, find_raster_files, inspect_raster
+from geoexplora.data.raster import file_band_names
+from geoexplora.errors import GeoExploraError
+from geoexplora.inference import predict_raster, vectorize_classes, write_preview, write_vectors
+from geoexplora.inference.predict import check_output, check_raster
+from geoexplora.models import read_checkpoint_config
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("predict", help="predict a class map (GeoTIFF/COG) over whole rasters",
+                                   description="Run a fine-tuned checkpoint over every window of each raster.")
+    parser.add_argument("--raster", nargs="+", required=True, help="GeoTIFF files or folders of them")
+    parser.add_argument("--checkpoint", required=True, help="a fine-tuned geoexplora checkpoint folder")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output .tif for one raster, or a folder (one <name>.pred.tif per input)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write per-class probabilities (<out>.probabilities.tif, uint8 p*254)")
+    parser.add_argument("--vector", type=Path, help="also polygonise the class map (.gpkg or .parquet)")
+    parser.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (map units²)")
+    parser.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance (map units)")
+    parser.add_argument("--bands", help="comma-separated names of the file's bands when its descriptions "
+                        "differ from the checkpoint's band names")
+    parser.add_argument("--tile", type=int, help="window side in pixels (default: the checkpoint's img_size)")
+    parser.add_argument("--overlap", type=int, help="window overlap in pixels (default 32, at most a quarter tile)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--allow-no-crs", action="store_true", help="accept rasters without CRS (pixel coordinates)")
+    parser.add_argument("--no-preview", action="store_true", help="skip the <out>.preview.png")
+    parser.set_defaults(run=run)
+
+
+def band_indexes(raster: Path, file_bands: list[str], model_bands: list[str]) -> list[int]:
+    """1-based indexes of ``model_bands`` in the file; a missing band is an error naming both lists."""
+    missing = [b for b in model_bands if b not in file_bands]
+    if missing:
+        raise GeoExploraError(
+            f"{raster}: the checkpoint needs bands {', '.join(model_bands)} but the file has "
+            f"{', '.join(file_bands)} (missing {', '.join(missing)}; name the file's bands with --bands)"
+        )
+    return [file_bands.index(b) + 1 for b in model_bands]
+
+
+def _file_bands(raster: Path, names: str | None) -> list[str]:
+    info = inspect_raster(raster)
+    if names is None:
+        return list(file_band_names(info))
+    given = [b.strip() for b in names.split(",") if b.strip()]
+    if len(given) != info.count:
+        raise GeoExploraError(f"{raster}: --bands names {len(given)} bands ({', '.join(given)}) "
+                              f"but the file has {info.count}")
+    return given
+
+
+def _rgb_preview_bands(indexes: list[int], model_bands: list[str], sensor: str | None) -> tuple[int, int, int]:
+    """File band indexes of red, green, blue when the checkpoint has them, else its first three bands."""
+    roles = {rgb_role(b, sensor): i for b, i in zip(model_bands, indexes)}
+    if all(role in roles for role in RGB_ROLES):
+        return tuple(roles[role] for role in RGB_ROLES)
+    return tuple((indexes * 3)[:3])
+
+
+def _outputs(rasters: list[Path], out: Path) -> list[Path]:
+    if len(rasters) == 1 and out.suffix.lower() in (".tif", ".tiff"):
+        return [out]
+    if out.suffix.lower() in (".tif", ".tiff"):
+        raise GeoExploraError(f"{out}: several rasters need an output folder, not a file")
+    out.mkdir(parents=True, exist_ok=True)
+    return [out / f"{r.stem}.pred.tif" for r in rasters]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GeoExploraError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from geoexplora.tasks.finetune import load_finetuned  # Lightning import only when predicting
+
+    config = read_checkpoint_config(args.checkpoint)
+    extra = config["extra"]
+    if extra.get("task") not in ("segmentation", "classification", "multilabel"):
+        raise GeoExploraError(f"{args.checkpoint}: not a fine-tuned checkpoint (task {extra.get('task')!r}); "
+                              "predict needs one from geoexplora finetune")
+    rasters = find_raster_files(args.raster)
+    outputs = _outputs(rasters, args.out)
+    backbone = config["backbone"]
+    # Every check that needs no model runs first: a bad input fails in a second, not after loading.
+    plans = []
+    for raster, out in zip(rasters, outputs, strict=True):
+        check_raster(raster, args.allow_no_crs)
+        indexes = band_indexes(raster, _file_bands(raster, args.bands), list(backbone.bands))
+        probabilities = out.with_name(f"{out.stem}.probabilities.tif") if args.probabilities else None
+        for path in (out, probabilities):
+            if path is not None:
+                check_output(path, args.overwrite, args.resume)
+        plans.append((raster, out, indexes, probabilities))
+    device = _device(args.device)
+    task, _ = load_finetuned(args.checkpoint)
+    model = task.model.to(device)
+    normalize = Normalizer(BandStatistics.from_dict(extra["band_statistics"]), backbone.bands,
+                           extra.get("normalization") or "standardize").to(device)
+    mode = "segmentation" if extra["task"] == "segmentation" else "classification"
+    classes = list(extra["classes"])
+    for raster, out, indexes, probabilities in plans:
+        tile = args.tile or backbone.img_size
+        summary = predict_raster(
+            raster, out, model, num_classes=len(classes), tile=tile,
+            overlap=args.overlap if args.overlap is not None else min(32, tile // 4), batch_size=args.batch_size, device=device, normalize=normalize,
+            bands=indexes, mode=mode, probabilities=probabilities, overwrite=args.overwrite, resume=args.resume,
+            allow_no_crs=args.allow_no_crs,
+        )
+        print(summary)
+        if not args.no_preview:
+            preview = write_preview(out, raster, rgb_bands=_rgb_preview_bands(indexes, list(backbone.bands),
+                                                                              backbone.sensor),
+                                    class_names=classes)
+            print(f"preview: {preview}")
+        if args.vector:
+            vector = args.vector if len(rasters) == 1 else args.vector.with_name(f"{out.stem}{args.vector.suffix}")
+            frame = vectorize_classes(out, class_names=classes, min_area=args.min_area, simplify=args.simplify)
+            print(f"vectors: {write_vectors(frame, vector, overwrite=args.overwrite or args.resume)} "
+                  f"({len(frame)} polygons)")
+    return 0
