@@ -7,7 +7,7 @@ names it. Besides Lightning's own keys, every run has:
 
 * ``--out DIR`` (default ``runs/<command>``): the run folder. The geoexplora checkpoint
   (``model.safetensors`` + ``config.json``) goes to ``DIR/checkpoint``, Lightning's resumable ``.ckpt``
-  files to ``DIR/lightning``, CSV logs to ``DIR/logs``.
+  files to ``DIR/lightning``, CSV logs to ``DIR/logs/version_N``.
 * ``--checkpoint_every_n_steps N`` (default 0: only at the end): export period.
 * ``--resume``: continue from ``DIR/lightning/last.ckpt``.
 """
@@ -46,10 +46,12 @@ class GeoExploraCLI(LightningCLI):
             ExportCheckpoint(out / "checkpoint", every_n_steps=every),
             ModelCheckpoint(dirpath=out / "lightning", save_last=True, every_n_train_steps=every or None),
         ]
-        kwargs.setdefault("logger", CSVLogger(out, name="logs", version=""))
-        trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.extend(callbacks)
-        return trainer
+        # Passed in, not appended afterwards, so Lightning sees our ModelCheckpoint and adds no default one.
+        user = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        kwargs["callbacks"] = [*(user if isinstance(user, list) else [user]), *callbacks]
+        # One numbered log folder per run (logs/version_N): a resumed run keeps the first run's metrics.csv.
+        kwargs.setdefault("logger", CSVLogger(out, name="logs"))
+        return super().instantiate_trainer(**kwargs)
 
 
 def run_lightning(

@@ -1,0 +1,147 @@
+"""Random windows over a user's unlabelled rasters, for domain pre-training.
+
+:class:`UnlabelledRasterDataModule` reads the rasters with the data layer, computes per-band statistics
+once in ``setup`` (or reads them from a JSON file written by ``BandStatistics.to_dict``), and serves
+seeded random windows as batches of ``image`` float32 (B, C, H, W) -- (B, T, C, H, W) for temporal
+stacks -- in the files' units plus ``valid`` bool (B, H, W) / (B, T, H, W).
+
+Normalisation is not done here: the task reads :attr:`band_names`, :attr:`statistics` and
+:attr:`normalization` from its ``trainer.datamodule`` in its own ``setup`` and normalises on the
+device, where it also skips (and counts) windows without a valid pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from geoexplora.data import (
+    BandStatistics,
+    GeoRasterDataset,
+    TemporalRasterDataset,
+    compute_band_statistics,
+    random_sampler,
+    stack_samples,
+)
+from geoexplora.data.stats import NormalizationMode
+from geoexplora.data.temporal import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN
+from geoexplora.errors import GeoExploraError
+
+logger = logging.getLogger(__name__)
+
+
+class UnlabelledRasterDataModule(L.LightningDataModule):
+    """Seeded random windows over GeoTIFFs of any bands and CRS, with per-band statistics.
+
+    Args:
+        paths: GeoTIFF files or folders (searched recursively), relative to the working directory.
+        bands: bands to read, in this order (default: all the files' bands).
+        band_names: names of all the files' bands, when the files carry no band descriptions (e.g.
+            ``[B01, B02, ...]``); default: the descriptions, else ``B1..Bn``.
+        nodata: value marking missing pixels, overriding the files' own.
+        window_size: side of the windows read from the rasters, in pixels.
+        samples_per_epoch: windows drawn per epoch (the epoch length; use ``trainer.max_steps`` to stop).
+        batch_size: windows per batch and device.
+        num_workers: data-loading worker processes.
+        statistics: JSON file with band statistics (``BandStatistics.to_dict``); default: computed.
+        statistics_windows: random windows used to compute the statistics.
+        normalization: ``standardize`` ((x - mean) / std) or ``percentile`` ((x - p2) / (p98 - p2)).
+        seed: seed of the window positions and of the statistics windows.
+        temporal: read the files as dates of one place: samples (T, C, H, W).
+        dates: ISO dates of the files, in file order, for ``temporal`` (default: from the file names).
+        date_pattern: regex whose ``date`` group finds the date in a file name, for ``temporal``.
+        date_format: strftime format of that date.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        bands: list[str] | None = None,
+        band_names: list[str] | None = None,
+        nodata: float | None = None,
+        window_size: int = 224,
+        samples_per_epoch: int = 1024,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        statistics: str | None = None,
+        statistics_windows: int = 64,
+        normalization: NormalizationMode = "standardize",
+        seed: int = 0,
+        temporal: bool = False,
+        dates: list[str] | None = None,
+        date_pattern: str = DEFAULT_DATE_PATTERN,
+        date_format: str = DEFAULT_DATE_FORMAT,
+    ) -> None:
+        super().__init__()
+        if isinstance(paths, str):
+            paths = [paths]
+        sizes = {"window_size": window_size, "samples_per_epoch": samples_per_epoch, "batch_size": batch_size,
+                 "statistics_windows": statistics_windows}
+        for name, value in sizes.items():
+            if value < 1:
+                raise GeoExploraError(f"data.{name} must be a positive integer, got {value!r}")
+        self.paths = list(paths)
+        self.bands = bands
+        self.file_band_names = band_names
+        self.nodata = nodata
+        self.window_size = window_size
+        self.samples_per_epoch = samples_per_epoch
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.statistics_path = statistics
+        self.statistics_windows = statistics_windows
+        self.normalization = normalization
+        self.seed = seed
+        self.temporal = temporal
+        self.dates = dates
+        self.date_pattern = date_pattern
+        self.date_format = date_format
+        self.dataset: GeoRasterDataset | None = None
+        self.statistics: BandStatistics | None = None
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        """The bands of ``image``, in channel order (after ``setup``)."""
+        if self.dataset is None:
+            raise GeoExploraError("the data module is not set up yet (call setup('fit') first)")
+        return self.dataset.band_names
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the rasters and compute (or read) the band statistics, once."""
+        if self.dataset is not None:
+            return
+        common = dict(bands=self.bands, band_names=self.file_band_names, nodata=self.nodata)
+        if self.temporal:
+            self.dataset = TemporalRasterDataset(
+                self.paths, dates=self.dates, date_pattern=self.date_pattern, date_format=self.date_format, **common
+            )
+        else:
+            self.dataset = GeoRasterDataset(self.paths, **common)
+        self.statistics = self._read_statistics() if self.statistics_path else compute_band_statistics(
+            self.dataset, self.statistics_windows, self.window_size, self.seed
+        )
+        logger.info("pretrain data: %d file(s), bands %s, %d-pixel windows", len(self.dataset.index),
+                    ",".join(self.band_names), self.window_size)
+
+    def _read_statistics(self) -> BandStatistics:
+        path = Path(self.statistics_path)
+        try:
+            return BandStatistics.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise GeoExploraError(f"{path}: cannot read band statistics ({type(err).__name__}: {err})") from None
+
+    def train_dataloader(self) -> DataLoader:
+        """``samples_per_epoch`` seeded random windows per epoch, collated with TorchGeo's ``stack_samples``."""
+        sampler = random_sampler(self.dataset, self.window_size, self.samples_per_epoch, self.seed)
+        return DataLoader(
+            self.dataset,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=stack_samples,
+            persistent_workers=self.num_workers > 0,
+        )

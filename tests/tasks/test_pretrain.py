@@ -1,0 +1,143 @@
+"""`geoexplora pretrain`: every recipe end to end on tiny data, export, resume and bad input."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fake_rasters
+from geoexplora.cli.pretrain import main
+from geoexplora.data import BandStat, BandStatistics
+from geoexplora.errors import GeoExploraError
+from geoexplora.models import load_checkpoint
+from geoexplora.tasks.pretrain import PretrainTask
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+TINY_RECIPES = sorted(RECIPES.glob("tiny-pretrain-*.yaml"))
+REAL_RECIPES = sorted(RECIPES.glob("explora-*.yaml"))
+
+TINY_MODEL = dict(img_size=32, embed_dim=64, depth=4, num_heads=4, patch_size=8, lora_rank=4, num_prototypes=64,
+                  head_hidden_dim=64, head_bottleneck_dim=32, global_crop_size=32, local_crop_size=16,
+                  num_local_crops=2, crop_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=4)
+# Makes any recipe tiny: random 4-block ViT, 32-pixel windows, fp32 on one CPU, 2 steps.
+TINY_OVERRIDES = [
+    *[arg for key, value in TINY_MODEL.items() for arg in (f"--model.{key}", str(value))],
+    "--model.weights", "null", "--model.preview_every_n_steps", "1",
+    "--trainer.max_steps", "2", "--trainer.precision", "32-true", "--trainer.accelerator", "cpu",
+    "--trainer.devices", "1", "--trainer.enable_model_summary", "false", "--trainer.enable_progress_bar", "false",
+    "--data.window_size", "32", "--data.batch_size", "2", "--data.num_workers", "0",
+    "--data.statistics_windows", "4", "--data.samples_per_epoch", "8", "--checkpoint_every_n_steps", "0",
+]
+
+
+def run(recipe: Path, out: Path, *extra: str) -> int:
+    return main(["--config", str(recipe), "--out", str(out), *extra])
+
+
+def trained_names(run_dir: Path) -> set[str]:
+    return set(load_file(run_dir / "checkpoint" / "model.safetensors"))
+
+
+def check_checkpoint(run_dir: Path, objective: str) -> None:
+    """The export loads strictly and holds exactly the backbone's trainable tensors, a minority of them."""
+    model, config = load_checkpoint(run_dir / "checkpoint")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained_names(run_dir) == trainable
+    assert any(".lora_" in n for n in trainable) and any(n.startswith("blocks.3.") for n in trainable)
+    assert len(trainable) < len(list(model.parameters()))
+    assert config["extra"]["objective"] == objective and config["extra"]["task"] == "pretrain"
+    assert set(config["extra"]["band_statistics"]["bands"]) == set(config["backbone"].bands)
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2_run(multiband_geotiff: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-dinov2")
+    recipe = RECIPES / "tiny-pretrain-dinov2.yaml"
+    assert run(recipe, out, "--data.paths", f"[{multiband_geotiff}]", "--trainer.max_steps", "2") == 0
+    return out
+
+
+def test_tiny_dinov2_recipe_exports_only_trained_tensors(tiny_dinov2_run: Path):
+    check_checkpoint(tiny_dinov2_run, "dinov2")
+    metrics = (tiny_dinov2_run / "logs" / "version_0" / "metrics.csv").read_text()
+    assert all(k in metrics for k in ("loss", "lr", "teacher_temp", "momentum"))
+
+
+def test_resume_continues_from_last_step(tiny_dinov2_run: Path, multiband_geotiff: Path):
+    last = tiny_dinov2_run / "lightning" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    assert first["global_step"] == 2
+    recipe = RECIPES / "tiny-pretrain-dinov2.yaml"
+    assert run(recipe, tiny_dinov2_run, "--data.paths", f"[{multiband_geotiff}]", "--trainer.max_steps", "3",
+               "--resume") == 0
+    second = torch.load(last, weights_only=True)
+    assert second["global_step"] == 3
+    adam_steps = [s["step"] for s in second["optimizer_states"][0]["state"].values()]
+    assert all(float(s) == 3 for s in adam_steps)  # the optimiser state carried over, not restarted
+    assert any(k.startswith("objective.teacher.") for k in second["state_dict"])
+    assert "objective.dino_loss.center" in second["state_dict"]
+
+
+def test_tiny_mae_recipe_writes_previews(multiband_geotiff: Path, tmp_path: Path):
+    recipe = RECIPES / "tiny-pretrain-mae.yaml"
+    assert run(recipe, tmp_path, "--data.paths", f"[{multiband_geotiff}]", "--trainer.max_steps", "2") == 0
+    check_checkpoint(tmp_path, "mae")
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["step-000000.png", "step-000001.png"]
+
+
+@pytest.mark.parametrize("recipe", REAL_RECIPES, ids=lambda p: p.stem)
+def test_real_recipe_runs_when_made_tiny(recipe: Path, tmp_path: Path, shared_data: Path, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)  # recipe paths are relative to the repository
+    assert run(recipe, tmp_path, *TINY_OVERRIDES) == 0
+    check_checkpoint(tmp_path, "mae" if "mae" in recipe.stem else "dinov2")
+
+
+def test_every_pretrain_recipe_is_tested():
+    names = {p.name for p in RECIPES.glob("*.yaml") if "pretrain" in p.name or p.name.startswith("explora-")}
+    assert names == {p.name for p in TINY_RECIPES + REAL_RECIPES} and len(TINY_RECIPES) == 2
+
+
+def test_unknown_recipe_key_is_named(tmp_path: Path, capsys):
+    status = run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path, "--model.no_such_option", "3")
+    assert status != 0
+    assert "no_such_option" in capsys.readouterr().err
+
+
+def test_raster_smaller_than_window_is_one_line_error(tmp_path: Path):
+    small = fake_rasters.write_raster(tmp_path / "small.tif", width=16, height=16)
+    with pytest.raises(GeoExploraError) as err:
+        run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path / "run", "--data.paths", f"[{small}]")
+    message = str(err.value)
+    assert "small.tif" in message and "16x16" in message and "32x32" in message and "\n" not in message
+
+
+def tiny_task(**kwargs) -> PretrainTask:
+    task = PretrainTask(model=kwargs.pop("model", "vit_small_patch14_dinov2"), **{**TINY_MODEL, **kwargs})
+    stats = BandStatistics({b: BandStat(100.0, 10.0, 80.0, 120.0) for b in ("b1", "b2", "b3")})
+    task.build(("b1", "b2", "b3"), stats)
+    return task
+
+
+def test_nodata_windows_are_skipped_and_nan_never_reaches_the_loss():
+    task = tiny_task()
+    image = 100 + 10 * torch.randn(3, 3, 32, 32)
+    valid = torch.ones(3, 32, 32, dtype=torch.bool)
+    image[0, :, :5, :5] = float("nan")  # NaN pixels in a usable window
+    valid[0, :5, :5] = False
+    valid[1] = False  # a window without any valid pixel
+    normalised, kept_valid = task._inputs({"image": image, "valid": valid})
+    assert task.skipped_windows == 1 and normalised.shape[0] == kept_valid.shape[0] == 2
+    assert torch.isfinite(normalised).all()
+    global_crops, local_crops = task.augment(normalised)
+    assert torch.isfinite(task.objective(global_crops, local_crops, 0, 10)["loss"])
+
+
+def test_mismatched_source_objective_warns_but_builds(caplog):
+    with caplog.at_level(logging.WARNING, logger="geoexplora.tasks.pretrain"):
+        task = tiny_task(objective="mae")
+    assert "trained with dinov2" in caplog.text
+    assert task.export_model() is task.objective.backbone
