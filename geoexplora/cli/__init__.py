@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from geoexplora import __version__
-from geoexplora.cli import demo, evaluate, info, predict, stats
+from geoexplora.cli import demo, embed, evaluate, info, predict, stats
 from geoexplora.errors import GeoExploraError
 
-COMMANDS = (info, stats, evaluate, predict, demo)
+COMMANDS = (info, stats, evaluate, predict, embed, demo)
 # command -> (module with main(argv), one-line help); parsed by LightningCLI, see cli/lightning_runner.py.
 LIGHTNING_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("geoexplora.cli.pretrain", "ExPLoRA domain pre-training (DINOv2 or MAE) on unlabelled rasters"),

@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--raster", nargs="+", required=True, type=Path, help="GeoTIFFs with the same bands")
     parser.add_argument("--checkpoint", type=Path, help="pretrain or fine-tuning checkpoint folder")
     parser.add_argument("--backbone", help="timm ViT name, instead of --checkpoint")
-    parser.add_argument("--weights", help="with --backbone: 'timm' or a local .safetensors/.pth file (default: random)")
+    parser.add_argument("--weights", help="with --backbone: 'timm' or a local .safetensors/.pth file "
+                        "(default: random init)")
     parser.add_argument("--bands", help="with --backbone: comma-separated band names the model reads")
     parser.add_argument("--band-names", help="comma-separated names of all the files' bands (default: their "
                         "band descriptions, else B1..Bn)")
@@ -33,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dense", type=Path, help="also write per-patch embeddings reduced by PCA to this GeoTIFF")
-    parser.add_argument("--pca", type=int, help=f"with --dense: PCA components, bands of the GeoTIFF (default {DEFAULT_PCA})")
+    parser.add_argument("--pca", type=int, help=f"with --dense: PCA components, bands of the GeoTIFF "
+                        f"(default {DEFAULT_PCA})")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(run=run)
 
