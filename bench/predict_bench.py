@@ -1,6 +1,6 @@
 """Benchmark of geoexplora's streaming tiled inference against two common in-memory approaches.
 
-Prints a Markdown table and writes it to ``bench/predict_bench.md`` (not committed):
+Prints a Markdown table and writes it to ``--out`` (default ``bench/predict_bench.md``, committed):
 
 (a) end-to-end ``predict_raster`` throughput against the model's forward alone on the same number of
     windows (what reading, blending and writing cost on top of the model);
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoexplora-bench",
                         help="synthetic rasters and outputs (outside the repo)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "predict_bench.md", help="result table file")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--raster", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -240,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
 
     skip = set(args.skip.split(","))
     lines = [f"# predict bench ({args.model}, device {args.device}, tile {args.tile}, overlap {args.overlap}, "
-             f"batch {args.batch_size}, {args.classes} classes, {BANDS}-band uint16 synthetic rasters)", ""]
+             f"batch {args.batch_size}, {args.classes} classes, {BANDS}-band uint16 synthetic rasters)", "",
+             f"Command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}` "
+             f"({torch.get_num_threads()} torch threads, {time.strftime('%Y-%m-%d')})", ""]
     raster = make_raster(args.workdir / f"synthetic_{args.size}.tif", args.size)
     mpx = args.size**2 / 1e6
     if "a" not in skip:
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append("")
     table = "\n".join(lines)
     print(table)
-    (REPO / "bench" / "predict_bench.md").write_text(table + "\n")
+    args.out.write_text(table + "\n")
 
 
 if __name__ == "__main__":

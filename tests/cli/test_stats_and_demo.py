@@ -82,10 +82,17 @@ def test_demo_runs_end_to_end_on_the_real_scene(tmp_path, capsys, monkeypatch, s
     nc = shared_data / "landsat7_nc"
     monkeypatch.setattr(demo, "fetch_landsat_sample", lambda cache_dir: samples.LandsatSample(
         image=nc / "landsat_multiband.tif", labels=nc / "strata.tif"))
-    assert main(["demo", "--out", str(tmp_path / "out"), "--weights", str(dinov2_weights)]) == 0
-    out = capsys.readouterr().out
-    assert "CRS EPSG:32119" in out and "max abs difference after reload: 0.00e+00" in out
-    assert (tmp_path / "out" / "checkpoint" / "model.safetensors").is_file()
+    out = tmp_path / "out"
+    assert main(["demo", "--out", str(out), "--weights", str(dinov2_weights), "--pretrain-steps", "2",
+                 "--finetune-epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "Done in" in printed
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert 0.0 <= metrics["mIoU"] <= 1.0
+    with rasterio.open(nc / "landsat_multiband.tif") as src, rasterio.open(out / "prediction" / "landcover.tif") as pred:
+        assert (pred.crs, pred.transform, pred.shape) == (src.crs, src.transform, src.shape)
+    for name in ("landcover.probabilities.tif", "landcover.gpkg", "landcover.preview.png"):
+        assert (out / "prediction" / name).is_file()
 
 
 def test_unreachable_index_is_one_line(tmp_path, monkeypatch):
