@@ -27,16 +27,25 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
 
 
 class TeacherTargets(nn.Module):
-    """Turn teacher logits (M, K) into targets, by EMA centring (DINO) or Sinkhorn-Knopp.
+    """Base of the DINO and iBOT losses: teacher logits (M, K) into targets, by EMA centring (DINO) or
+    Sinkhorn-Knopp, and the student temperature the subclasses' cross-entropy uses.
 
     Args:
         num_prototypes: K.
+        student_temp: Student softmax temperature (0.1 published).
         centering: ``"centering"`` (softmax of logits minus an EMA centre) or ``"sinkhorn_knopp"``.
         center_momentum: EMA momentum of the centre; it is updated only in training mode, after use.
     """
 
-    def __init__(self, num_prototypes: int, centering: Centering = "centering", center_momentum: float = 0.9) -> None:
+    def __init__(
+        self,
+        num_prototypes: int,
+        student_temp: float = 0.1,
+        centering: Centering = "centering",
+        center_momentum: float = 0.9,
+    ) -> None:
         super().__init__()
+        self.student_temp = student_temp
         self.centering = centering
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, num_prototypes))
@@ -56,22 +65,8 @@ class TeacherTargets(nn.Module):
 class DINOClsTokenLoss(TeacherTargets):
     """Cross-entropy between teacher targets and student class-token logits, averaged over crop pairs.
 
-    Args:
-        num_prototypes: K.
-        student_temp: Student softmax temperature (0.1 published).
-        centering: See :class:`TeacherTargets`.
-        center_momentum: See :class:`TeacherTargets`.
+    Args: as :class:`TeacherTargets`.
     """
-
-    def __init__(
-        self,
-        num_prototypes: int,
-        student_temp: float = 0.1,
-        centering: Centering = "centering",
-        center_momentum: float = 0.9,
-    ) -> None:
-        super().__init__(num_prototypes, centering, center_momentum)
-        self.student_temp = student_temp
 
     def forward(self, student_logits: Sequence[torch.Tensor], teacher_probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over every (student crop, teacher crop) pair of different views.

@@ -5,28 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geoexplora.models.ssl.dino_clstoken_loss import Centering, TeacherTargets
+from geoexplora.models.ssl.dino_clstoken_loss import TeacherTargets
 
 
 class IBOTPatchLoss(TeacherTargets):
     """Cross-entropy over masked patches only, averaged per image, then over images.
 
-    Args:
-        num_prototypes: K of the iBOT head.
-        student_temp: Student softmax temperature (0.1 published).
-        centering: See :class:`TeacherTargets`.
-        center_momentum: See :class:`TeacherTargets`.
+    Args: as :class:`TeacherTargets` (K of the iBOT head).
     """
-
-    def __init__(
-        self,
-        num_prototypes: int,
-        student_temp: float = 0.1,
-        centering: Centering = "centering",
-        center_momentum: float = 0.9,
-    ) -> None:
-        super().__init__(num_prototypes, centering, center_momentum)
-        self.student_temp = student_temp
 
     def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Loss of the masked patches.
