@@ -83,29 +83,26 @@ def retention(task, config: dict[str, Any], source: str) -> dict[str, float]:
 
 
 def plot(results: dict[str, Any], classes: list[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) stays as it is
 
     out.mkdir(parents=True, exist_ok=True)
     if "confusion_matrix" in results:
-        fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
+        fig = Figure(figsize=(1 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
+        ax = fig.subplots()
         ax.imshow(results["confusion_matrix"], cmap="Blues")
         ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true")
         ax.set_xticklabels(classes, rotation=90)
         ax.set_yticklabels(classes)
         fig.tight_layout()
         fig.savefig(out / "confusion_matrix.png", dpi=100)
-        plt.close(fig)
     if "per_class_iou" in results:
-        fig, ax = plt.subplots(figsize=(2 + 0.5 * len(classes), 3))
+        fig = Figure(figsize=(2 + 0.5 * len(classes), 3))
+        ax = fig.subplots()
         ax.bar(classes, results["per_class_iou"])
         ax.set(ylabel="IoU", ylim=(0, 1))
         ax.tick_params(axis="x", rotation=90)
         fig.tight_layout()
         fig.savefig(out / "per_class_iou.png", dpi=100)
-        plt.close(fig)
 
 
 def table(results: dict[str, Any], classes: list[str]) -> str:

@@ -32,32 +32,29 @@ from typing import Literal
 
 import geopandas as gpd
 from geopandas.io.arrow import _geopandas_to_arrow
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.image import imsave
+import pyarrow as pa
+import pyarrow.parquet as pq
+import rasterio
+import shapely
+import torch
+from affine import Affine
+from rasterio.enums import Resampling
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import rasterio  # noqa: E402
-import shapely  # noqa: E402
-import torch  # noqa: E402
-from affine import Affine  # noqa: E402
-from rasterio.enums import Resampling  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from geoexplora.data.raster import GeoRasterDataset, file_band_names, inspect_raster  # noqa: E402
-from geoexplora.data.stats import BandStatistics, Normalizer, compute_band_statistics  # noqa: E402
-from geoexplora.data.temporal import parse_file_date  # noqa: E402
-from geoexplora.errors import GeoExploraError  # noqa: E402
-from geoexplora.inference.predict import SourceInfo, check_output, check_raster  # noqa: E402
-from geoexplora.inference.reader import WindowReader  # noqa: E402
-from geoexplora.inference.windows import TileWindow, WindowGrid  # noqa: E402
-from geoexplora.inference.writer import BlockWriter, OutputSpec  # noqa: E402
-from geoexplora.models import BackboneConfig, create_backbone, load_checkpoint, read_checkpoint_config  # noqa: E402
+from geoexplora.data.raster import GeoRasterDataset, file_band_names, inspect_raster
+from geoexplora.data.stats import BandStatistics, Normalizer, compute_band_statistics
+from geoexplora.data.temporal import parse_file_date
+from geoexplora.errors import GeoExploraError
+from geoexplora.inference.predict import SourceInfo, check_output, check_raster
+from geoexplora.inference.reader import WindowReader
+from geoexplora.inference.windows import TileWindow, WindowGrid
+from geoexplora.inference.writer import BlockWriter, OutputSpec
+from geoexplora.models import BackboneConfig, create_backbone, load_checkpoint, read_checkpoint_config
 
 logger = logging.getLogger(__name__)
 
@@ -470,7 +467,7 @@ def _write_preview(dense: Path, png: Path) -> None:
     alpha = ~np.isnan(data).any(axis=0)
     image = np.concatenate([np.nan_to_num(rgb).transpose(1, 2, 0), alpha[..., None]], axis=-1)
     partial = png.with_name(f".{png.name}.partial.png")
-    plt.imsave(partial, image)
+    imsave(partial, image)
     os.replace(partial, png)
 
 

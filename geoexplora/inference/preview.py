@@ -11,13 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import numpy as np
+import rasterio
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from rasterio.enums import Resampling  # noqa: E402
 
 from geoexplora.errors import GeoExploraError  # noqa: E402
@@ -61,7 +59,9 @@ def write_preview(
     palette = _palette(num_classes)
     extent = (bounds.left, bounds.right, bounds.bottom, bounds.top)
 
-    fig, ax = plt.subplots(figsize=(8, 8 * shape[0] / shape[1] + 0.5), dpi=100)
+    # A bare Figure (no pyplot): drawing a preview never switches the caller's backend (e.g. a notebook's).
+    fig = Figure(figsize=(8, 8 * shape[0] / shape[1] + 0.5), dpi=100)
+    ax = fig.subplots()
     if raster is not None:
         ax.imshow(_true_colour(Path(raster), rgb_bands, max_size), extent=_extent(Path(raster)), interpolation="nearest")
     overlay = np.ma.masked_array(classes, mask=~valid)
@@ -74,7 +74,6 @@ def write_preview(
     ax.set_axis_off()
     partial = out.with_name(f"{out.stem}.partial.png")
     fig.savefig(partial, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
     os.replace(partial, out)
     return out
 
@@ -110,7 +109,7 @@ def _true_colour(raster: Path, bands: Sequence[int], max_size: int) -> np.ndarra
 def _palette(num_classes: int) -> list[tuple[float, float, float, float]]:
     """One RGBA colour per class: matplotlib's tab10/tab20 for up to 20 classes, else a spread of turbo."""
     if num_classes <= 10:
-        return [plt.get_cmap("tab10")(i) for i in range(num_classes)]
+        return [matplotlib.colormaps["tab10"](i) for i in range(num_classes)]
     if num_classes <= 20:
-        return [plt.get_cmap("tab20")(i) for i in range(num_classes)]
-    return [plt.get_cmap("turbo")(i / max(num_classes - 1, 1)) for i in range(num_classes)]
+        return [matplotlib.colormaps["tab20"](i) for i in range(num_classes)]
+    return [matplotlib.colormaps["turbo"](i / max(num_classes - 1, 1)) for i in range(num_classes)]
