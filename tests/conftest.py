@@ -10,16 +10,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import fake_rasters  # noqa: E402
+from fake_rasters import (  # noqa: E402
+    MULTIBAND_BORDER,
+    MULTIBAND_NAMES,
+    MULTIBAND_NAN_PIXELS,
+    MULTIBAND_NODATA,
+    TEMPORAL_DATES,
+)
 
-SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared").resolve()
-SHARED_DATA = SHARED / "data"
-DINOV2_WEIGHTS = SHARED / "weights" / "vit_small_patch14_dinov2.safetensors"
+from shared_paths import DINOV2_WEIGHTS, SHARED_DATA  # noqa: E402
 
-MULTIBAND_NAMES = ("coastal", "blue", "green", "red", "nir", "swir")
-MULTIBAND_NODATA = -9999.0
-MULTIBAND_BORDER = 4
-MULTIBAND_NAN_PIXELS = 6
-TEMPORAL_DATES = ("20200105", "20200310", "20200620")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,13 @@ DEFAULT_ORIGIN = (500_000.0, 5_100_000.0)  # (west, north) in metres, UTM 33N
 DEFAULT_RES = 10.0
 
 
+# The fixture rasters of tests/conftest.py (tests assert against these values).
+MULTIBAND_NAMES = ("coastal", "blue", "green", "red", "nir", "swir")
+MULTIBAND_NODATA = -9999.0
+MULTIBAND_BORDER = 4
+MULTIBAND_NAN_PIXELS = 6
+TEMPORAL_DATES = ("20200105", "20200310", "20200620")
+
 def write_raster(
     path: str | Path,
     *,

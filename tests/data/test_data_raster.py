@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from conftest import MULTIBAND_BORDER, MULTIBAND_NAMES, MULTIBAND_NODATA
+from fake_rasters import MULTIBAND_BORDER, MULTIBAND_NAMES, MULTIBAND_NODATA
 from fake_rasters import raster_values, write_raster
 
 from geoexplora.data import GeoRasterDataset

@@ -9,7 +9,7 @@ import fake_rasters
 import pytest
 import rasterio
 import torch
-from conftest import pixel_model
+from inference_helpers import pixel_model
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference import predict_raster

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from conftest import SCENE_BORDER, SCENE_NAN_PIXELS, ColumnModel, ConstantModel, pixel_model
+from inference_helpers import SCENE_BORDER, SCENE_NAN_PIXELS, ColumnModel, ConstantModel, pixel_model
 
 from geoexplora.inference import predict_raster
 from geoexplora.inference.blending import hann_ramp

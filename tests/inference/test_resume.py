@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pixel_model
+from inference_helpers import pixel_model
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference import predict_raster
@@ -23,7 +23,7 @@ PARAMS = {"num_classes": 3, "tile": 32, "overlap": 8, "batch_size": 5, "progress
 SCRIPT = """
 import sys, time, torch
 sys.path[:0] = [{here!r}, {tests!r}]
-from conftest import pixel_model
+from inference_helpers import pixel_model
 from geoexplora.inference import predict_raster
 
 conv = pixel_model()

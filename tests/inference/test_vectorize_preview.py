@@ -9,7 +9,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import pixel_model
+from inference_helpers import pixel_model
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference import predict_raster, vectorize_classes, write_preview, write_vectors

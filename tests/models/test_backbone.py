@@ -11,7 +11,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.backbone import BackboneConfig, create_backbone
 
-from conftest import DINOV2_WEIGHTS
+from shared_paths import DINOV2_WEIGHTS
 
 DINOV2 = str(DINOV2_WEIGHTS)
 TINY = dict(model="vit_small_patch14_dinov2", embed_dim=64, depth=4, num_heads=4, patch_size=8, img_size=32)

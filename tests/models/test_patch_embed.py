@@ -15,7 +15,7 @@ from geoexplora.models.patch_embed import (
     date_encoding,
 )
 
-from conftest import DINOV2_WEIGHTS
+from shared_paths import DINOV2_WEIGHTS
 
 DINOV2 = str(DINOV2_WEIGHTS)
 
