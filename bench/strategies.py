@@ -14,6 +14,7 @@ Writes the table to bench/strategies.md (or --out) and prints it.
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -96,6 +97,7 @@ def main() -> None:
         f"# Strategies on landsat7_nc ({args.task}), ViT-S/14 DINOv2, {args.window} px windows",
         "",
         f"{args.seeds} seeds x {args.epochs} epochs x {args.windows} windows; mean ± std over seeds; CPU.",
+        f"Command: `python bench/strategies.py {' '.join(sys.argv[1:])}`",
         "",
         f"| strategy | trainable params | {metric} | s / epoch |",
         "|---|---:|---:|---:|",
