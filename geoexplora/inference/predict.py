@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from geoexplora.data.raster import inspect_raster
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference.blending import RowBlender
-from geoexplora.inference.reader import Batch, WindowReader
+from geoexplora.inference.reader import GDAL_CACHE_BYTES, Batch, WindowReader
 from geoexplora.inference.windows import TileWindow, WindowGrid
 from geoexplora.inference.writer import BlockWriter, OutputSpec
 
@@ -196,21 +196,24 @@ def predict_raster(
                           pin_memory=device.type == "cuda")
     todo = len(grid) - first_row * grid.cols
     windows_with_data = 0
-    with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=not progress) as bar:
-        for batch in reader:
-            probs = _forward(model, batch, device, mode, num_classes, grid.tile)
-            windows_with_data += len(batch.has_data)
-            by_window = dict(zip(batch.has_data, probs, strict=True))
-            for i, window in enumerate(batch.windows):
-                if window.row < first_row:
-                    continue
-                sink.add(window, by_window.get(i), batch.invalid[i])
-                bar.update(1)
-                if window.col == grid.cols - 1:
-                    row_start, block = sink.finish_row(window.row)
-                    if window.row >= done:
-                        writer.put(window.row, row_start, block)
-    writer.finish()
+    # One cap on GDAL's block cache for the whole call, the COG copy included (GDAL's default is 5% of RAM,
+    # which a large output would fill).
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=not progress) as bar:
+            for batch in reader:
+                probs = _forward(model, batch, device, mode, num_classes, grid.tile)
+                windows_with_data += len(batch.has_data)
+                by_window = dict(zip(batch.has_data, probs, strict=True))
+                for i, window in enumerate(batch.windows):
+                    if window.row < first_row:
+                        continue
+                    sink.add(window, by_window.get(i), batch.invalid[i])
+                    bar.update(1)
+                    if window.col == grid.cols - 1:
+                        row_start, block = sink.finish_row(window.row)
+                        if window.row >= done:
+                            writer.put(window.row, row_start, block)
+        writer.finish()
     if windows_with_data == 0 and done == 0:
         logger.warning("%s: every pixel is nodata or NaN; %s is all nodata", raster, out)
     return PredictSummary(
