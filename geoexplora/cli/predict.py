@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from geoexplora.bands import RGB_ROLES, rgb_role
-from geoexplora.data import BandStatistics, Normalizer, find_raster_files, inspect_raster
-from geoexplora.data.raster import file_band_names
+from geoexplora.data import BandStatistics, Normalizer, find_raster_files
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference import predict_raster, vectorize_classes, write_preview, write_vectors
+from geoexplora.inference.bands import model_band_indexes
 from geoexplora.inference.predict import check_output, check_raster
 from geoexplora.models import read_checkpoint_config
 
@@ -46,26 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def band_indexes(raster: Path, file_bands: list[str], model_bands: list[str]) -> list[int]:
-    """1-based indexes of ``model_bands`` in the file; a missing band is an error naming both lists."""
-    missing = [b for b in model_bands if b not in file_bands]
-    if missing:
-        raise GeoExploraError(
-            f"{raster}: the checkpoint needs bands {', '.join(model_bands)} but the file has "
-            f"{', '.join(file_bands)} (missing {', '.join(missing)}; name the file's bands with --bands)"
-        )
-    return [file_bands.index(b) + 1 for b in model_bands]
-
-
-def _file_bands(raster: Path, names: str | None) -> list[str]:
-    info = inspect_raster(raster)
-    if names is None:
-        return list(file_band_names(info))
-    given = [b.strip() for b in names.split(",") if b.strip()]
-    if len(given) != info.count:
-        raise GeoExploraError(f"{raster}: --bands names {len(given)} bands ({', '.join(given)}) "
-                              f"but the file has {info.count}")
-    return given
+def _names(text: str | None) -> list[str] | None:
+    return [b.strip() for b in text.split(",") if b.strip()] if text else None
 
 
 def _rgb_preview_bands(indexes: list[int], model_bands: list[str], sensor: str | None) -> tuple[int, int, int]:
@@ -108,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     plans = []
     for raster, out in zip(rasters, outputs, strict=True):
         check_raster(raster, args.allow_no_crs)
-        indexes = band_indexes(raster, _file_bands(raster, args.bands), list(backbone.bands))
+        _, indexes = model_band_indexes(raster, backbone.bands, _names(args.bands))
         probabilities = out.with_name(f"{out.stem}.probabilities.tif") if args.probabilities else None
         for path in (out, probabilities):
             if path is not None:

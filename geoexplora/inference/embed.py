@@ -46,7 +46,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from geoexplora.data.raster import GeoRasterDataset, file_band_names, inspect_raster
+from geoexplora.data.raster import GeoRasterDataset
+from geoexplora.inference.bands import model_band_indexes
 from geoexplora.data.stats import BandStatistics, Normalizer, compute_band_statistics
 from geoexplora.data.temporal import parse_file_date
 from geoexplora.errors import GeoExploraError
@@ -292,14 +293,7 @@ def _check_sources(
     first_bands: tuple[str, ...] = ()
     for path in paths:
         info = check_raster(path)
-        names = tuple(band_names) if band_names is not None else file_band_names(inspect_raster(path))
-        if len(names) != info.count:
-            raise GeoExploraError(f"{path}: {len(names)} band names given ({', '.join(names)}) for a file "
-                                  f"with {info.count} bands")
-        missing = [b for b in model_bands if b not in names]
-        if missing:
-            raise GeoExploraError(f"{path}: no band {', '.join(missing)}; the model needs {', '.join(model_bands)}, "
-                                  f"the file has {', '.join(names)} (rename them with band names)")
+        names, indexes = model_band_indexes(path, model_bands, band_names)
         if sources and names != first_bands:
             raise GeoExploraError(f"{path}: bands {', '.join(names)} differ from {sources[0].info.path}'s "
                                   f"{', '.join(first_bands)}; embed rasters with different bands separately")
@@ -307,7 +301,7 @@ def _check_sources(
             raise GeoExploraError(f"{path}: CRS {info.crs} differs from {sources[0].info.path}'s "
                                   f"{sources[0].info.crs}; embed rasters in different CRSs separately")
         first_bands = first_bands or names
-        sources.append(_Source(info, [names.index(b) + 1 for b in model_bands], _file_date(path)))
+        sources.append(_Source(info, indexes, _file_date(path)))
     return sources
 
 

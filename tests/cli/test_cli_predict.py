@@ -63,10 +63,10 @@ def test_band_names_are_mapped_and_checked(scene, tmp_path, capsys):
             "--out", str(tmp_path / "p.tif"), "--tile", "32", "--no-preview"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "needs bands red, green, blue, nir but the file has B1, B2, B3, B4" in err and err.count("\n") == 1
+    assert "the model needs bands red, green, blue, nir but the file has B1, B2, B3, B4" in err and err.count("\n") == 1
     assert main([*args, "--bands", "nir,red,green,blue"]) == 0
     assert main([*args, "--overwrite", "--bands", "a,b,c"]) == 2
-    assert "names 3 bands" in capsys.readouterr().err
+    assert "3 band names given (a, b, c) for a file with 4 bands" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [

@@ -129,8 +129,8 @@ def test_several_rasters_share_one_table_and_basis(scene: Path, encoder: Encoder
 
 def test_band_names_rename_the_files_bands(encoder: Encoder, tmp_path: Path) -> None:
     described = fake_rasters.write_raster(tmp_path / "d.tif", width=40, height=40, descriptions=["a", "b", "c", "d"])
-    with pytest.raises(GeoExploraError, match=r"d\.tif: no band B1, B2, B3, B4; the model needs B1, B2, B3, B4, "
-                                              r"the file has a, b, c, d"):
+    with pytest.raises(GeoExploraError, match=r"d\.tif: the model needs bands B1, B2, B3, B4 but the file has "
+                                              r"a, b, c, d \(missing B1, B2, B3, B4"):
         embed_rasters([described], tmp_path / "emb.parquet", encoder, **FAST)
     summary = embed_rasters([described], tmp_path / "emb.parquet", encoder, band_names=BANDS, **FAST)
     assert summary.windows == 4

@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 from peft.tuners.lora import LoraLayer
-from torch import nn
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.backbone import BackboneConfig, create_backbone
