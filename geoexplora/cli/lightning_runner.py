@@ -14,6 +14,7 @@ names it. Besides Lightning's own keys, every run has:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def run_lightning(
     resume = "--resume" in argv
     if resume:
         argv.remove("--resume")
+    # We pass ``args`` because `geoexplora` parsed the command word itself, not to mix two command lines.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         cli = GeoExploraCLI(
             task_class,
