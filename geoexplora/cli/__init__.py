@@ -43,16 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr(level: int) -> None:
+    """geoexplora's own log lines on stderr; other libraries' loggers (Lightning has its own) untouched."""
+    logger = logging.getLogger("geoexplora")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI in-process (tests call ``main([...])``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
-            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            _log_to_stderr(logging.INFO)
             module = importlib.import_module(LIGHTNING_COMMANDS[argv[0]][0])
             return module.main(argv[1:])
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
         return args.run(args)
     except GeoExploraError as error:
         print(f"geoexplora: error: {error}", file=sys.stderr)
