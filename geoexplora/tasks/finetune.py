@@ -191,6 +191,10 @@ class FinetuneTask(L.LightningModule):
         elif len(data.classes) > len(self.classes):
             raise GeoExploraError(f"data has {len(data.classes)} classes {list(data.classes)}, "
                                   f"more than the head's {len(self.classes)} {self.classes}")
+        if self.init_checkpoint is not None:
+            pretrained = read_checkpoint_config(self.init_checkpoint)["extra"].get("band_statistics")
+            if pretrained is not None:
+                data.adopt_band_statistics(pretrained)
         self.band_statistics = data.band_statistics.to_dict()
         self.normalization = data.normalization
 

@@ -167,3 +167,16 @@ def test_label_raster_on_another_crs_is_reprojected(data: dict[str, Path], tmp_p
     batch = next(iter(module.val_dataloader()))
     assert set(batch["mask"].unique().tolist()) <= {0, 1, 2, 255}
     assert module.classes == ["0", "1", "2"]
+
+
+def test_finetune_keeps_the_pretraining_band_statistics(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = BackboneConfig(model="vit_base_patch16_224", weights=str(data["weights"]), bands=BANDS, **TINY)
+    strategy = create_strategy("explora", lora_rank=4)
+    stats = {"bands": {b: {"mean": 100.0 * i, "std": 7.0, "p2": 1.0, "p98": 2.0} for i, b in enumerate(BANDS)},
+             "num_pixels": 1, "num_windows": 1, "skipped_windows": 0}
+    save_checkpoint(tmp_path / "pre", strategy.apply(create_backbone(cfg)),
+                    {"backbone": cfg, "strategy": strategy, "extra": {"task": "pretrain", "band_statistics": stats}})
+    config = recipe(data, "tiny-finetune-segmentation.yaml", init_checkpoint=str(tmp_path / "pre"))
+    assert finetune(config, tmp_path / "run") == 0
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())
+    assert saved["extra"]["band_statistics"] == stats
