@@ -22,8 +22,9 @@ def model_band_indexes(
     Raises:
         GeoExploraError: naming both lists when ``file_bands`` has the wrong length or lacks a model band.
     """
-    count = inspect_raster(raster).count
-    names = tuple(file_bands) if file_bands is not None else file_band_names(inspect_raster(raster))
+    info = inspect_raster(raster)
+    count = info.count
+    names = tuple(file_bands) if file_bands is not None else file_band_names(info)
     if len(names) != count:
         raise GeoExploraError(f"{raster}: {len(names)} band names given ({', '.join(names)}) for a file with "
                               f"{count} bands")

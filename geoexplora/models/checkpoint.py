@@ -85,6 +85,31 @@ def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
         raise GeoExploraError(f"{path}: {e}") from None
 
 
+def load_trained_tensors(directory: str | Path, model: nn.Module) -> nn.Module:
+    """Load a checkpoint's ``model.safetensors`` into ``model`` (rebuilt from its config), strictly.
+
+    Every parameter of ``model`` that trains must be in the file and nothing else; shapes must match.
+    """
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise GeoExploraError(f"{path}: checkpoint weights not found")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise GeoExploraError(f"{path}: not a safetensors file ({e})") from None
+    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [n for n in set(expected) & set(tensors) if expected[n].shape != tensors[n].shape]
+    if missing or unexpected or mismatched:
+        raise GeoExploraError(
+            f"{path}: does not fit the model its config describes "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, shape mismatch {mismatched[:3]})"
+        )
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
 def load_checkpoint(
     directory: str | Path,
     wrap: Callable[[nn.Module, dict[str, Any]], nn.Module] | None = None,
@@ -100,24 +125,7 @@ def load_checkpoint(
         (model, config) with config as in :func:`read_checkpoint_config`.
     """
     config = read_checkpoint_config(directory)
-    path = Path(directory) / WEIGHTS_NAME
-    if not path.is_file():
-        raise GeoExploraError(f"{path}: checkpoint weights not found")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise GeoExploraError(f"{path}: not a safetensors file ({e})") from None
     model = config["strategy"].apply(create_backbone(config["backbone"]))
     if wrap is not None:
         model = wrap(model, config)
-    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = [n for n in set(expected) & set(tensors) if expected[n].shape != tensors[n].shape]
-    if missing or unexpected or mismatched:
-        raise GeoExploraError(
-            f"{path}: does not fit the model its config describes "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, shape mismatch {mismatched[:3]})"
-        )
-    model.load_state_dict(tensors, strict=False)
-    return model, config
+    return load_trained_tensors(directory, model), config

@@ -39,6 +39,7 @@ from geoexplora.models import (
     load_checkpoint,
     read_checkpoint_config,
 )
+from geoexplora.models.checkpoint import load_trained_tensors
 from geoexplora.models.heads import SupervisedModel, create_head, segmentation_feature_blocks
 
 Task = Literal["classification", "multilabel", "segmentation"]
@@ -282,6 +283,6 @@ def load_finetuned(directory: str | Path) -> tuple[FinetuneTask, dict[str, Any]]
         ignore_index=extra.get("ignore_index", 255),
         **{k: v for k, v in extra["head"].items()},
     )
-    load_checkpoint(directory, wrap=lambda _backbone, _config: task.model)
+    load_trained_tensors(directory, task.model)
     task.band_statistics, task.normalization = extra.get("band_statistics"), extra.get("normalization")
     return task.eval(), config
