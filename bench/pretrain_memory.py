@@ -25,7 +25,7 @@ import torch
 
 def one_config(strategy: str, batch: int, size: int, num_local: int, steps: int, prototypes: int) -> dict:
     from geoexplora.models import BackboneConfig, create_backbone, create_strategy, parameter_report
-    from geoexplora.models.ssl import DINOv2Objective
+    from geoexplora.models.ssl import DINOv2Objective, DINOv2Options
     from geoexplora.transforms import MultiCropAugmentation
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -33,7 +33,7 @@ def one_config(strategy: str, batch: int, size: int, num_local: int, steps: int,
     cfg = BackboneConfig(model="vit_base_patch14_dinov2", bands=["red", "green", "blue"], img_size=size)
     backbone = create_strategy(strategy).apply(create_backbone(cfg))
     report = parameter_report(backbone)
-    objective = DINOv2Objective(backbone, num_prototypes=prototypes).to(device)
+    objective = DINOv2Objective(backbone, DINOv2Options(num_prototypes=prototypes)).to(device)
     augment = MultiCropAugmentation(size, 98, num_local)
     optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=1e-4)
     images = torch.randn(batch, 3, size + 32, size + 32, device=device)

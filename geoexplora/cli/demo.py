@@ -43,12 +43,20 @@ def _write_recipe(template: str, out: Path, **sections: dict) -> Path:
     if not source.is_file():
         raise GeoExploraError(f"{source}: demo recipe not found (run the demo from a geoexplora checkout)")
     recipe = yaml.safe_load(source.read_text())
-    for key, values in sections.items():
-        recipe[key] = {**recipe.get(key, {}), **values}
+    _merge(recipe, sections)
     path = out / "recipes" / template.removeprefix("demo-")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def _merge(tree: dict, updates: dict) -> None:
+    """Merge nested ``updates`` into ``tree`` in place (mappings key by key, other values replaced)."""
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
 
 
 def _run(argv: list[str]) -> None:
@@ -72,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     _step(2, "ExPLoRA pre-training (DINOv2 objective, last block + LoRA r64 on Q,V, 5-band patch embedding)")
     trainer = {"max_steps": args.pretrain_steps} if args.pretrain_steps else {}
-    pretrain = _write_recipe("demo-pretrain.yaml", out, model={"weights": args.weights},
+    pretrain = _write_recipe("demo-pretrain.yaml", out, model={"backbone": {"weights": args.weights}},
                              data={"paths": [str(sample.image)]}, trainer=trainer)
     _run(["pretrain", "--config", str(pretrain), "--out", str(out / "pretrain")])
     pretrained = out / "pretrain" / "checkpoint"

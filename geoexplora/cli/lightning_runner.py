@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from geoexplora.cli.recipe_keys import check_renamed_keys
 from geoexplora.errors import GeoExploraError
 from geoexplora.tasks.export import ExportCheckpoint
 
@@ -63,6 +64,7 @@ def run_lightning(
 ) -> int:
     """Parse ``argv`` (recipe + overrides, plus ``--resume``), fit, and return the exit status."""
     argv = list(argv)
+    check_renamed_keys(command, argv)
     resume = "--resume" in argv
     if resume:
         argv.remove("--resume")

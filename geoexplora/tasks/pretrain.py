@@ -1,22 +1,28 @@
 """Domain pre-training (ExPLoRA): continue a ViT's own self-supervised objective on unlabelled rasters.
 
 :class:`PretrainTask` is a thin Lightning loop over the plain objectives in :mod:`geoexplora.models.ssl`.
-It builds its model in ``setup``, because the bands and band statistics come from the data module
-(``trainer.datamodule.band_names`` / ``.statistics``, see
-:class:`~geoexplora.tasks.pretrain_data.UnlabelledRasterDataModule`): backbone -> strategy (what
-trains) -> objective (heads, EMA teacher or decoder). Windows are normalised on the device with the
-data module's statistics; windows without any valid pixel are dropped and counted.
+It builds its model in ``setup``, because the bands, band statistics and batch size come from the data
+module (:class:`~geoexplora.tasks.pretrain_data.UnlabelledRasterDataModule`): backbone -> strategy (what
+trains) -> objective (heads, EMA teacher or decoder). Windows are normalised on the device with the data
+module's statistics; windows without any valid pixel are dropped and counted.
+
+Optimisation follows facebookresearch/dinov2 ``train/train.py`` where it matters at small scale: AdamW,
+warm-up + cosine lr, cosine weight decay, the patch embedding at ``patch_embed_lr_mult`` (0.2) of the lr,
+the prototypes frozen for ``dinov2.freeze_prototypes_steps``, and gradients clipped per module (backbone,
+each head, the rest) at ``trainer.gradient_clip_val`` rather than once over everything.
 
 The Lightning ``.ckpt`` (for ``--resume``) holds the whole module state: trainable and frozen weights,
 the teacher's EMA tensors, the loss centres and the MAE decoder, plus optimiser and scheduler state.
-The exported geoexplora checkpoint holds only the backbone's trained tensors (the student's for DINOv2).
+The exported geoexplora checkpoint holds only the backbone's trained tensors: for DINOv2 the EMA
+*teacher*'s (``export: teacher``, as DINOv2 and ExPLoRA evaluate it), else the student's.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from dataclasses import fields
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,12 +36,15 @@ from geoexplora.bands import rgb_role
 from geoexplora.data import BandStatistics, Normalizer
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy, parameter_report, read_state_dict
-from geoexplora.models.ssl import DINOv2Objective, MAEObjective
+from geoexplora.models.ssl import DINOv2Objective, DINOv2Options, MAEObjective, MAEOptions
+from geoexplora.tasks.learning_monitor import LearningMonitor
 from geoexplora.transforms import MAEAugmentation, MultiCropAugmentation
 
 logger = logging.getLogger(__name__)
 
 Objective = Literal["dinov2", "mae"]
+#: Windows drawn (with their own seed) to initialise data-initialised DINOv2 heads, at least this many.
+HEAD_INIT_WINDOWS = 64
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -62,6 +71,14 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+def clip_group(name: str) -> str:
+    """The gradient-clipping group of a parameter of the objective: DINOv2 clips each module on its own."""
+    for group in ("dino_head", "ibot_head", "backbone"):
+        if f"{group}." in name or name.startswith(group):
+            return group
+    return "rest"
+
+
 def rgb_indices(band_names: tuple[str, ...], sensor: str | None) -> list[int]:
     """Channels to show as red, green, blue in previews: by band role, else the first three bands."""
     roles = {rgb_role(b, sensor): i for i, b in enumerate(band_names)}
@@ -74,149 +91,118 @@ class PretrainTask(L.LightningModule):
     """ExPLoRA domain pre-training with the DINOv2 or MAE objective.
 
     Args:
-        model: timm ViT name, with a weights tag when it matters (``vit_small_patch14_dinov2``,
-            ``vit_base_patch16_224.mae``).
-        weights: source weights: a local ``.safetensors``/``.pth`` file, ``timm`` (Hugging Face cache), or
-            null for random init.
-        sensor: sensor table for band roles (``sentinel2``, ``landsat7``, ...), or null.
-        img_size: size the position table is resampled to (use the global crop size).
-        embed: ``spectral`` (one token per patch) or ``group`` (one token per band group and patch).
-        band_groups: for ``embed: group``: lists of band names.
-        embed_dim: architecture override (tiny test models only).
-        depth: architecture override (tiny test models only).
-        num_heads: architecture override (tiny test models only).
-        patch_size: architecture override (tiny test models only).
+        backbone: the ViT (timm name with a weights tag when it matters, source weights, sensor, input
+            size, patch embedding). Its bands come from the data module (``data.band_names``/``bands``);
+            giving other bands here is an error.
         strategy: what trains: ``explora`` (published), ``full``, ``lora``, ``linear``...
-        unfreeze_blocks: for explora: fully trained blocks, negative from the end.
-        lora_rank: LoRA rank (explora, lora).
-        lora_alpha: LoRA alpha; updates are scaled by alpha / rank (explora, lora).
-        lora_dropout: dropout on the LoRA input (explora, lora).
-        train_patch_embed: for explora: train the patch embedding (null: when the bands are not RGB).
+        strategy_options: the strategy's options (``unfreeze_blocks``, ``lora_rank``, ``lora_alpha``,
+            ``train_patch_embed``...); an option the strategy does not have is an error.
         objective: ``dinov2`` or ``mae``; a warning is logged when it is not the backbone's own.
-        num_prototypes: DINOv2: prototypes of the DINO and iBOT heads (65536 published).
-        head_hidden_dim: DINOv2: hidden width of the heads.
-        head_bottleneck_dim: DINOv2: bottleneck width of the heads.
-        global_crop_size: DINOv2: side of the 2 global crops (a multiple of the patch size).
-        local_crop_size: DINOv2: side of the local crops (a multiple of the patch size).
-        num_local_crops: DINOv2: local crops per window.
-        teacher_temp: DINOv2: teacher temperature (start, end of warm-up).
-        teacher_temp_warmup: DINOv2: share of training over which the teacher temperature warms up.
-        momentum: DINOv2: teacher EMA momentum (start, end), cosine over training.
-        koleo_weight: DINOv2: weight of the KoLeo regulariser.
-        crop_size: MAE: side of the random resized crop fed to the encoder (a multiple of the patch size).
-        mask_ratio: MAE: share of patches hidden from the encoder.
-        decoder_dim: MAE: decoder width.
-        decoder_depth: MAE: decoder blocks.
-        decoder_heads: MAE: decoder attention heads.
-        decoder_weights: MAE: an original MAE checkpoint (``.pth``) holding the decoder; then the decoder
-            is frozen and gets LoRA of rank ``decoder_lora_rank`` (published: 8). Null: a fresh, trained decoder.
-        decoder_lora_rank: MAE: LoRA rank on the pretrained decoder's attention.
-        norm_pix_loss: MAE: reconstruct per-patch normalised pixels.
-        preview_every_n_steps: MAE: save a reconstruction PNG under ``<out>/previews`` every N steps (0: never).
+        dinov2: options of the DINOv2 objective (heads, temperatures, centring, crops).
+        mae: options of the MAE objective (mask ratio, decoder, loss).
         lr: peak learning rate (after warm-up), for the whole batch over all devices.
         weight_decay: AdamW weight decay at the start (biases, norms and tokens get none).
         weight_decay_end: weight decay at the end, cosine from ``weight_decay`` (null: constant).
         warmup_steps: linear learning-rate warm-up steps; then cosine to 0 at the last step.
         layerwise_lr_decay: lr of block i is scaled by decay ** (depth - i) (null: no decay).
+        patch_embed_lr_mult: lr multiplier of the patch embedding (DINOv2: 0.2).
+        monitor_every_n_steps: record the learning monitors every N steps (``monitors.csv``/``.png``).
+        collapse_patience: steps of a uniform teacher before the collapse warning.
+        export: DINOv2: export the EMA ``teacher`` (default) or the ``student``.
     """
 
     def __init__(
         self,
-        model: str = "vit_small_patch14_dinov2",
-        weights: str | None = None,
-        sensor: str | None = None,
-        img_size: int = 224,
-        embed: Literal["spectral", "group"] = "spectral",
-        band_groups: list[list[str]] | None = None,
-        embed_dim: int | None = None,
-        depth: int | None = None,
-        num_heads: int | None = None,
-        patch_size: int | None = None,
+        backbone: BackboneConfig | None = None,
         strategy: str = "explora",
-        unfreeze_blocks: list[int] | None = None,
-        lora_rank: int = 64,
-        lora_alpha: float = 1.0,
-        lora_dropout: float = 0.0,
-        train_patch_embed: bool | None = None,
+        strategy_options: dict[str, Any] | None = None,
         objective: Objective = "dinov2",
-        num_prototypes: int = 4096,
-        head_hidden_dim: int = 2048,
-        head_bottleneck_dim: int = 256,
-        global_crop_size: int = 224,
-        local_crop_size: int = 98,
-        num_local_crops: int = 8,
-        teacher_temp: tuple[float, float] = (0.04, 0.07),
-        teacher_temp_warmup: float = 0.3,
-        momentum: tuple[float, float] = (0.992, 1.0),
-        koleo_weight: float = 0.1,
-        crop_size: int = 224,
-        mask_ratio: float = 0.75,
-        decoder_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_heads: int = 16,
-        decoder_weights: str | None = None,
-        decoder_lora_rank: int = 8,
-        norm_pix_loss: bool = True,
-        preview_every_n_steps: int = 0,
+        dinov2: DINOv2Options | None = None,
+        mae: MAEOptions | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.04,
         weight_decay_end: float | None = 0.2,
         warmup_steps: int = 0,
         layerwise_lr_decay: float | None = None,
+        patch_embed_lr_mult: float = 0.2,
+        monitor_every_n_steps: int = 1,
+        collapse_patience: int = 50,
+        export: Literal["teacher", "student"] = "teacher",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
         if objective not in ("dinov2", "mae"):
             raise GeoExploraError(f"objective must be 'dinov2' or 'mae', got {objective!r}")
-        options = dict(unfreeze_blocks=unfreeze_blocks if unfreeze_blocks is not None else [-1], lora_rank=lora_rank,
-                       lora_alpha=lora_alpha, lora_dropout=lora_dropout, train_patch_embed=train_patch_embed)
-        accepted = {f.name for f in fields(create_strategy(strategy))}
-        self.strategy_config = create_strategy(strategy, **{k: v for k, v in options.items() if k in accepted})
+        if export not in ("teacher", "student"):
+            raise GeoExploraError(f"export must be 'teacher' or 'student', got {export!r}")
+        if lr <= 0 or patch_embed_lr_mult < 0 or warmup_steps < 0:
+            raise GeoExploraError(f"lr ({lr}) must be positive, patch_embed_lr_mult ({patch_embed_lr_mult}) and "
+                                  f"warmup_steps ({warmup_steps}) not negative")
+        self.strategy_config = create_strategy(strategy, **(strategy_options or {}))
+        self.requested_backbone = backbone or BackboneConfig()
         self.objective_name = objective
+        self.dinov2_options = dinov2 or DINOv2Options()
+        self.mae_options = mae or MAEOptions()
+        self.lr, self.weight_decay, self.weight_decay_end = lr, weight_decay, weight_decay_end
+        self.warmup_steps, self.layerwise_lr_decay, self.patch_embed_lr_mult = warmup_steps, layerwise_lr_decay, patch_embed_lr_mult
+        self.monitor_every_n_steps, self.collapse_patience, self.export = monitor_every_n_steps, collapse_patience, export
+        # Plain values only: Lightning's .ckpt is read back with weights_only=True.
+        self.save_hyperparameters({
+            "backbone": self.requested_backbone.to_dict(), "strategy": self.strategy_config.to_dict(),
+            "objective": objective, "dinov2": asdict(self.dinov2_options), "mae": asdict(self.mae_options),
+            "lr": lr, "weight_decay": weight_decay, "weight_decay_end": weight_decay_end, "warmup_steps": warmup_steps,
+            "layerwise_lr_decay": layerwise_lr_decay, "patch_embed_lr_mult": patch_embed_lr_mult, "export": export,
+        })
         self.skipped_windows = 0
         self._momentum = 1.0
+        self.step_monitors: dict[str, float] = {}
         self.backbone_config: BackboneConfig | None = None
 
     # --- model -------------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Build the model from the data module's bands and statistics (before a resumed state is loaded)."""
+        """Build the model from the data module's bands, statistics and batch size (before a resume loads)."""
         if self.backbone_config is not None:
             return
         datamodule = self.trainer.datamodule
         if datamodule is None or getattr(datamodule, "statistics", None) is None:
             raise GeoExploraError("PretrainTask needs a data module with band_names and statistics (UnlabelledRasterDataModule)")
-        self.build(datamodule.band_names, datamodule.statistics, datamodule.normalization)
+        crops = 2 * datamodule.batch_size * self.trainer.world_size
+        self.build(datamodule.band_names, datamodule.statistics, datamodule.normalization, teacher_crops_per_step=crops)
 
-    def build(self, band_names: tuple[str, ...] | list[str], statistics: BandStatistics, normalization: str = "standardize") -> None:
+    def build(self, band_names: tuple[str, ...] | list[str], statistics: BandStatistics,
+              normalization: str = "standardize", teacher_crops_per_step: int | None = None) -> None:
         """Backbone over ``band_names`` -> strategy -> objective and augmentation; normaliser from ``statistics``."""
-        h = self.hparams
-        self.backbone_config = BackboneConfig(
-            model=h.model, weights=h.weights, bands=list(band_names), sensor=h.sensor, img_size=h.img_size,
-            embed=h.embed, band_groups=h.band_groups, embed_dim=h.embed_dim, depth=h.depth, num_heads=h.num_heads,
-            patch_size=h.patch_size,
-        )
+        requested = self.requested_backbone
+        default_bands = BackboneConfig().bands
+        if requested.bands != default_bands and list(requested.bands) != list(band_names):
+            raise GeoExploraError(f"model.backbone.bands {requested.bands} differ from the data's bands "
+                                  f"{list(band_names)}: give the bands once, in data.band_names / data.bands")
+        self.backbone_config = replace(requested, bands=list(band_names))
         source = self.backbone_config.source_objective
         if source is not None and source != self.objective_name:
             logger.warning("backbone %s was trained with %s, but pretraining continues with %s (allowed; "
-                           "ExPLoRA continues the source objective)", h.model, source, self.objective_name)
+                           "ExPLoRA continues the source objective)", requested.model, source, self.objective_name)
         self.statistics = statistics
         self.normalizer = Normalizer(statistics, band_names, normalization)
         backbone = self.strategy_config.apply(create_backbone(self.backbone_config))
         if self.objective_name == "dinov2":
-            self.objective = DINOv2Objective(
-                backbone, num_prototypes=h.num_prototypes, head_hidden_dim=h.head_hidden_dim,
-                head_bottleneck_dim=h.head_bottleneck_dim, teacher_temp=tuple(h.teacher_temp),
-                teacher_temp_warmup=h.teacher_temp_warmup, momentum=tuple(h.momentum), koleo_weight=h.koleo_weight,
-            )
-            self.augment = MultiCropAugmentation(h.global_crop_size, h.local_crop_size, h.num_local_crops)
+            o = self.dinov2_options
+            if teacher_crops_per_step is not None and (warning := o.small_batch_warning(teacher_crops_per_step)):
+                logger.warning("pretrain: %s", warning)
+            self.objective = DINOv2Objective(backbone, o, teacher_crops_per_step)
+            self.augment = MultiCropAugmentation(o.global_crop_size, o.local_crop_size, o.num_local_crops)
+            logger.info("pretrain: DINOv2 with %d prototypes, %s, %s heads", o.num_prototypes,
+                        self.objective.centering, o.head_init)
         else:
-            self.objective = MAEObjective(backbone, h.decoder_dim, h.decoder_depth, h.decoder_heads, h.mask_ratio,
-                                          h.norm_pix_loss)
-            if h.decoder_weights:
-                self._load_pretrained_decoder(h.decoder_weights, h.decoder_lora_rank)
-            self.augment = MAEAugmentation(h.crop_size)
-        logger.info("pretrain %s with %s: %s", h.model, self.strategy_config.name, parameter_report(backbone))
+            m = self.mae_options
+            self.objective = MAEObjective(backbone, m.decoder_dim, m.decoder_depth, m.decoder_heads, m.mask_ratio,
+                                          m.norm_pix_loss)
+            if m.decoder_weights:
+                self._load_pretrained_decoder(m.decoder_weights, m.decoder_lora_rank)
+            self.augment = MAEAugmentation(m.crop_size)
+        # Set once the DINOv2 heads are fitted to data; saved in the .ckpt so a resume does not refit them.
+        self.register_buffer("heads_initialised", torch.tensor(False))
+        logger.info("pretrain %s with %s: %s", requested.model, self.strategy_config.name, parameter_report(backbone))
 
     def _load_pretrained_decoder(self, path: str, rank: int) -> None:
         """Load an MAE decoder, freeze it and put LoRA on its attention; fresh tensors (band count) still train."""
@@ -234,43 +220,59 @@ class PretrainTask(L.LightningModule):
         return self.objective.student.backbone if self.objective_name == "dinov2" else self.objective.backbone
 
     def export_model(self) -> nn.Module:
-        """The adapted backbone: its trainable tensors make up the geoexplora checkpoint."""
-        return self.backbone
+        """The adapted backbone whose trainable tensors make up the checkpoint: for DINOv2 a copy holding
+        the EMA teacher's tensors (unless ``export: student``), else the trained backbone itself."""
+        if self.objective_name != "dinov2" or self.export == "student":
+            return self.backbone
+        teacher = copy.deepcopy(self.backbone)
+        ema = self.objective.teacher.ema_tensors()
+        with torch.no_grad():
+            for name, p in teacher.named_parameters():
+                if p.requires_grad:
+                    p.copy_(ema[f"backbone.{name}"])
+        return teacher
 
     def export_config(self) -> dict[str, Any]:
+        options = asdict(self.dinov2_options) if self.objective_name == "dinov2" else asdict(self.mae_options)
         return {
             "backbone": self.backbone_config.to_dict(),
             "strategy": self.strategy_config.to_dict(),
             "extra": {
                 "task": "pretrain",
                 "objective": self.objective_name,
+                "objective_options": options,
+                "exported": self.export if self.objective_name == "dinov2" else "student",
                 "band_statistics": self.statistics.to_dict(),
                 "normalization": self.normalizer.mode,
                 "steps": int(self.global_step),
             },
         }
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [LearningMonitor(self.monitor_every_n_steps, patience=self.collapse_patience)]
+
     # --- optimisation ------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over the trainable parameters; step-wise warm-up + cosine lr; optional layer-wise decay."""
-        h = self.hparams
         depth = len(self.backbone.blocks)
-        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
         for name, p in self.objective.named_parameters():
             if not p.requires_grad:
                 continue
-            layer = layer_id(name, depth) if h.layerwise_lr_decay else depth + 1
+            layer = layer_id(name, depth) if self.layerwise_lr_decay else depth + 1
             decays = p.ndim > 1 and not name.endswith(("cls_token", "reg_token", "mask_token", "pos_embed"))
-            group = groups.setdefault((layer, decays), {
-                "params": [], "lr": h.lr * (h.layerwise_lr_decay or 1.0) ** (depth + 1 - layer),
-                "weight_decay": h.weight_decay if decays else 0.0, "wd_scale": float(decays),
+            patch_embed = ".patch_embed." in f".{name}"
+            lr = self.lr * (self.layerwise_lr_decay or 1.0) ** (depth + 1 - layer)
+            group = groups.setdefault((layer, decays, patch_embed), {
+                "params": [], "lr": lr * (self.patch_embed_lr_mult if patch_embed else 1.0),
+                "weight_decay": self.weight_decay if decays else 0.0, "wd_scale": float(decays),
             })
             group["params"].append(p)
-        optimizer = torch.optim.AdamW(list(groups.values()), lr=h.lr, betas=(0.9, 0.999))
+        optimizer = torch.optim.AdamW(list(groups.values()), lr=self.lr, betas=(0.9, 0.999))
         total = self.total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, h.warmup_steps, total)
+            optimizer, lambda step: warmup_cosine(step, self.warmup_steps, total)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -281,11 +283,52 @@ class PretrainTask(L.LightningModule):
             raise GeoExploraError("set trainer.max_steps (or trainer.max_epochs): the schedules need a run length")
         return int(steps)
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradient norm of the backbone, each head and the rest separately (DINOv2's per-module clip)."""
+        if not gradient_clip_val:
+            return
+        groups: dict[str, list[torch.Tensor]] = {}
+        for name, p in self.objective.named_parameters():
+            if p.grad is not None:
+                groups.setdefault(clip_group(name), []).append(p)
+        for params in groups.values():
+            if gradient_clip_algorithm in (None, "norm"):
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+
+    def on_train_start(self) -> None:
+        """Fit data-initialised DINOv2 heads to the start backbone, once (a resumed run keeps its heads)."""
+        if self.objective_name != "dinov2" or self.dinov2_options.head_init != "data" or bool(self.heads_initialised):
+            return
+        o = self.dinov2_options
+        datamodule = self.trainer.datamodule
+        count = max(HEAD_INIT_WINDOWS, math.ceil(max(o.num_prototypes, o.ibot_prototypes) / 2))
+        batch = datamodule.sample_batch(count, seed=datamodule.seed + 1)
+        inputs = self._inputs({k: v.to(self.device) for k, v in batch.items()}, count_skipped=False)
+        if inputs is None or inputs[0].shape[0] * 2 < o.num_prototypes:
+            raise GeoExploraError(f"too few windows with valid pixels ({0 if inputs is None else inputs[0].shape[0]} "
+                                  f"of {count}) to initialise {o.num_prototypes} prototypes; lower "
+                                  "model.dinov2.num_prototypes or check the rasters' nodata")
+        global_crops, _ = self.augment(inputs[0])
+        generator = torch.Generator().manual_seed(datamodule.seed)
+        self.objective.initialise_heads(global_crops, generator)
+        self.heads_initialised.fill_(True)
+        logger.info("pretrain: DINOv2 heads fitted to %d windows of the start model", inputs[0].shape[0])
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Freeze the prototypes during the first ``dinov2.freeze_prototypes_steps`` steps (DINOv2's
+        ``cancel_gradients_last_layer``): AdamW skips parameters without a gradient, weight decay included."""
+        if self.objective_name == "dinov2" and self.global_step < self.dinov2_options.freeze_prototypes_steps:
+            for p in self.objective.prototype_parameters():
+                p.grad = None
+
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Apply the weight-decay schedule for this step."""
-        if self.hparams.weight_decay_end is None:
+        if self.weight_decay_end is None:
             return
-        wd = cosine_value(self.global_step, self.total_steps, self.hparams.weight_decay, self.hparams.weight_decay_end)
+        wd = cosine_value(self.global_step, self.total_steps, self.weight_decay, self.weight_decay_end)
         for group in self.optimizers().param_groups:
             group["weight_decay"] = wd * group["wd_scale"]
 
@@ -297,13 +340,14 @@ class PretrainTask(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------------------
 
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _inputs(self, batch: dict[str, Any], count_skipped: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Normalised images (B', C, H, W) and valid (B', H, W) without all-invalid windows; dates fold into B."""
         image, valid = batch["image"], batch["valid"]
         if image.ndim == 5:  # (B, T, C, H, W): each date is a sample of its own
             image, valid = image.flatten(0, 1), valid.flatten(0, 1)
         keep = valid.flatten(1).any(dim=1)
-        self.skipped_windows += int((~keep).sum())
+        if count_skipped:
+            self.skipped_windows += int((~keep).sum())
         if not keep.any():
             return None
         return self.normalizer(image[keep], valid[keep]), valid[keep]
@@ -318,6 +362,7 @@ class PretrainTask(L.LightningModule):
             out = self.objective(global_crops, local_crops, self.global_step, self.total_steps)
             self._momentum = out["momentum"]
             logs = {k: out[k] for k in ("dino_loss", "ibot_loss", "koleo_loss", "teacher_temp", "momentum")}
+            logs.update(out["monitors"])
         else:
             image, valid = self.augment(image, valid)
             out = self.objective(image, valid)
@@ -325,18 +370,20 @@ class PretrainTask(L.LightningModule):
                 raise GeoExploraError(f"MAE loss is {out['loss'].item()} at step {self.global_step}; "
                                       "lower the learning rate or check the input for inf pixels")
             self._save_preview(image, out)
-            logs = {}
+            logs = {"mae_loss": out["loss"].detach()}
         lr = self.optimizers().param_groups[-1]["lr"]
         self.log("loss", out["loss"].detach(), prog_bar=True, batch_size=image.shape[0])
         self.log_dict({"lr": lr, **logs}, batch_size=image.shape[0])
+        self.step_monitors = {"step": float(self.global_step), "loss": float(out["loss"].detach()),
+                              **{k: float(v) for k, v in logs.items()}}
         return out["loss"]
 
     def _save_preview(self, image: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
-        every = self.hparams.preview_every_n_steps
+        every = self.mae_options.preview_every_n_steps
         if not every or self.global_step % every or not self.trainer.is_global_zero:
             return
         strip = self.objective.reconstruction_preview(
-            image, out["pred"], out["mask"], rgb_indices(self.normalizer.band_names, self.hparams.sensor)
+            image, out["pred"], out["mask"], rgb_indices(self.normalizer.band_names, self.backbone_config.sensor)
         )
         path = Path(self.trainer.default_root_dir) / "previews" / f"step-{self.global_step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

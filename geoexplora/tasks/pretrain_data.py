@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -44,7 +45,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             ``[B01, B02, ...]``); default: the descriptions, else ``B1..Bn``.
         nodata: value marking missing pixels, overriding the files' own.
         window_size: side of the windows read from the rasters, in pixels.
-        samples_per_epoch: windows drawn per epoch (the epoch length; use ``trainer.max_steps`` to stop).
+        windows_per_epoch: windows drawn per epoch (the epoch length; use ``trainer.max_steps`` to stop).
         batch_size: windows per batch and device.
         num_workers: data-loading worker processes.
         statistics: JSON file with band statistics (``BandStatistics.to_dict``); default: computed.
@@ -64,7 +65,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         band_names: list[str] | None = None,
         nodata: float | None = None,
         window_size: int = 224,
-        samples_per_epoch: int = 1024,
+        windows_per_epoch: int = 1024,
         batch_size: int = 32,
         num_workers: int = 0,
         statistics: str | None = None,
@@ -79,7 +80,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         super().__init__()
         if isinstance(paths, str):
             paths = [paths]
-        sizes = {"window_size": window_size, "samples_per_epoch": samples_per_epoch, "batch_size": batch_size,
+        sizes = {"window_size": window_size, "windows_per_epoch": windows_per_epoch, "batch_size": batch_size,
                  "statistics_windows": statistics_windows}
         for name, value in sizes.items():
             if value < 1:
@@ -89,7 +90,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         self.file_band_names = band_names
         self.nodata = nodata
         self.window_size = window_size
-        self.samples_per_epoch = samples_per_epoch
+        self.windows_per_epoch = windows_per_epoch
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.statistics_path = statistics
@@ -134,9 +135,15 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         except (OSError, json.JSONDecodeError) as err:
             raise GeoExploraError(f"{path}: cannot read band statistics ({type(err).__name__}: {err})") from None
 
+    def sample_batch(self, count: int, seed: int) -> dict[str, Any]:
+        """``count`` seeded random windows read in this process and stacked (``image``, ``valid``), apart from
+        the training order (e.g. to fit data-initialised heads before the first step)."""
+        samples = [self.dataset[query] for query in random_sampler(self.dataset, self.window_size, count, seed)]
+        return stack_samples(samples)
+
     def train_dataloader(self) -> DataLoader:
-        """``samples_per_epoch`` seeded random windows per epoch, collated with TorchGeo's ``stack_samples``."""
-        sampler = random_sampler(self.dataset, self.window_size, self.samples_per_epoch, self.seed)
+        """``windows_per_epoch`` seeded random windows per epoch, collated with TorchGeo's ``stack_samples``."""
+        sampler = random_sampler(self.dataset, self.window_size, self.windows_per_epoch, self.seed)
         return DataLoader(
             self.dataset,
             sampler=sampler,

@@ -6,7 +6,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from timm.models.vision_transformer import VisionTransformer
 
 from geoexplora.errors import GeoExploraError
-from geoexplora.models.ssl import DINOv2Objective, EMATeacher, cosine_momentum, forward_tokens
+from geoexplora.models.ssl import DINOv2Objective, DINOv2Options, EMATeacher, cosine_momentum, forward_tokens
 
 
 def tiny_vit(in_chans: int = 5, lora: bool = False) -> VisionTransformer:
@@ -22,9 +22,8 @@ def tiny_vit(in_chans: int = 5, lora: bool = False) -> VisionTransformer:
 
 
 def tiny_objective(**kwargs) -> DINOv2Objective:
-    return DINOv2Objective(
-        tiny_vit(lora=True), num_prototypes=64, head_hidden_dim=64, head_bottleneck_dim=32, **kwargs
-    )
+    options = DINOv2Options(**{"num_prototypes": 64, "head_hidden_dim": 64, "head_bottleneck_dim": 32, **kwargs})
+    return DINOv2Objective(tiny_vit(lora=True), options)
 
 
 def test_teacher_holds_only_trainable_tensors():
@@ -112,7 +111,7 @@ def test_dinov2_objective_learns_and_only_trainable_params_get_gradients():
     for step in range(6):
         torch.manual_seed(1)  # same masks every step
         out = objective(globals_, locals_, step, 100)
-        assert set(out) == {"loss", "dino_loss", "ibot_loss", "koleo_loss", "teacher_temp", "momentum"}
+        assert set(out) == {"loss", "monitors", "dino_loss", "ibot_loss", "koleo_loss", "teacher_temp", "momentum"}
         optimizer.zero_grad()
         out["loss"].backward()
         if step == 0:
@@ -129,7 +128,7 @@ def test_dinov2_objective_shared_head_and_teacher_update():
     objective = tiny_objective(ibot_separate_head=False)
     assert objective.student.ibot_head is None
     out = objective([torch.randn(2, 5, 32, 32)] * 2, [], 10, 100)
-    assert out["momentum"] == pytest.approx(cosine_momentum(10, 100))
+    assert out["momentum"] == pytest.approx(cosine_momentum(10, 100, *DINOv2Options().momentum))
     out["loss"].backward()
     before = {n: t.clone() for n, t in objective.teacher.ema_tensors().items()}
     objective.update_teacher(0.5)

@@ -13,24 +13,29 @@ import fake_rasters
 from geoexplora.cli.pretrain import main
 from geoexplora.data import BandStat, BandStatistics
 from geoexplora.errors import GeoExploraError
-from geoexplora.models import load_checkpoint
+from geoexplora.models import BackboneConfig, load_checkpoint
+from geoexplora.models.ssl import DINOv2Options, MAEOptions
+from geoexplora.tasks.learning_monitor import LearningMonitor
 from geoexplora.tasks.pretrain import PretrainTask
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 TINY_RECIPES = sorted(RECIPES.glob("tiny-pretrain-*.yaml"))
 REAL_RECIPES = sorted(RECIPES.glob("explora-*.yaml"))
 
-TINY_MODEL = dict(img_size=32, embed_dim=64, depth=4, num_heads=4, patch_size=8, lora_rank=4, num_prototypes=64,
-                  head_hidden_dim=64, head_bottleneck_dim=32, global_crop_size=32, local_crop_size=16,
-                  num_local_crops=2, crop_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=4)
+TINY_BACKBONE = dict(img_size=32, embed_dim=64, depth=4, num_heads=4, patch_size=8)
+TINY_DINOV2 = dict(num_prototypes=8, head_hidden_dim=64, head_bottleneck_dim=32, global_crop_size=32, local_crop_size=16,
+                   num_local_crops=2)
+TINY_MAE = dict(crop_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=4)
+TINY_MODEL = {**{f"backbone.{k}": v for k, v in TINY_BACKBONE.items()}, **{f"dinov2.{k}": v for k, v in TINY_DINOV2.items()},
+              **{f"mae.{k}": v for k, v in TINY_MAE.items()}, "strategy_options.lora_rank": 4}
 # Makes any recipe tiny: random 4-block ViT, 32-pixel windows, fp32 on one CPU, 2 steps.
 TINY_OVERRIDES = [
     *[arg for key, value in TINY_MODEL.items() for arg in (f"--model.{key}", str(value))],
-    "--model.weights", "null", "--model.preview_every_n_steps", "1",
+    "--model.backbone.weights", "null", "--model.mae.preview_every_n_steps", "1",
     "--trainer.max_steps", "2", "--trainer.precision", "32-true", "--trainer.accelerator", "cpu",
     "--trainer.devices", "1", "--trainer.enable_model_summary", "false", "--trainer.enable_progress_bar", "false",
     "--data.window_size", "32", "--data.batch_size", "2", "--data.num_workers", "0",
-    "--data.statistics_windows", "4", "--data.samples_per_epoch", "8", "--checkpoint_every_n_steps", "0",
+    "--data.statistics_windows", "4", "--data.windows_per_epoch", "8", "--checkpoint_every_n_steps", "0",
 ]
 
 
@@ -117,8 +122,9 @@ def test_raster_smaller_than_window_is_one_line_error(tmp_path: Path):
     assert "small.tif" in message and "16x16" in message and "32x32" in message and "\n" not in message
 
 
-def tiny_task(**kwargs) -> PretrainTask:
-    task = PretrainTask(model=kwargs.pop("model", "vit_small_patch14_dinov2"), **{**TINY_MODEL, **kwargs})
+def tiny_task(model: str = "vit_small_patch14_dinov2", **kwargs) -> PretrainTask:
+    task = PretrainTask(BackboneConfig(model, **TINY_BACKBONE), strategy_options={"lora_rank": 4},
+                        dinov2=DINOv2Options(**TINY_DINOV2), mae=MAEOptions(**TINY_MAE), **kwargs)
     stats = BandStatistics({b: BandStat(100.0, 10.0, 80.0, 120.0) for b in ("b1", "b2", "b3")})
     task.build(("b1", "b2", "b3"), stats)
     return task
@@ -143,3 +149,74 @@ def test_mismatched_source_objective_warns_but_builds(caplog):
         task = tiny_task(objective="mae")
     assert "trained with dinov2" in caplog.text
     assert task.export_model() is task.objective.backbone
+
+
+def test_learning_monitors_are_plotted_and_logged(tiny_dinov2_run: Path):
+    assert (tiny_dinov2_run / "monitors.png").stat().st_size > 10_000
+    header = (tiny_dinov2_run / "monitors.csv").read_text().splitlines()[0].split(",")
+    for key in ("loss", "dino_loss", "teacher_entropy_share", "student_teacher_kl", "logit_spread", "rankme",
+                "koleo_loss", "prototypes_used"):
+        assert key in header, key
+    metrics = (tiny_dinov2_run / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "teacher_entropy_share" in metrics and "rankme" in metrics
+
+
+def test_collapse_warning_fires_when_the_teacher_is_forced_uniform(multiband_geotiff: Path, tmp_path: Path, caplog):
+    # A teacher temperature of 10 makes every target uniform (entropy = ln K) from the first step.
+    with caplog.at_level(logging.WARNING, logger="geoexplora.tasks.learning_monitor"):
+        assert run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path, "--data.paths", f"[{multiband_geotiff}]",
+                   "--trainer.max_steps", "4", "--model.dinov2.teacher_temp", "[10.0, 10.0]",
+                   "--model.collapse_patience", "3") == 0
+    assert "teacher collapsed to uniform" in caplog.text
+
+
+def test_collapse_warning_needs_patience_steps_in_a_row(caplog):
+    monitor = LearningMonitor(patience=3)
+    with caplog.at_level(logging.WARNING, logger="geoexplora.tasks.learning_monitor"):
+        for step, share in enumerate([0.99, 0.99, 0.5, 0.99, 0.5]):  # never 3 uniform steps in a row
+            monitor._check_collapse(step, share)
+        assert "collapsed" not in caplog.text
+        for step in range(5, 10):
+            monitor._check_collapse(step, 0.995)
+    assert caplog.text.count("teacher collapsed to uniform") == 1  # once, at the third uniform step
+    assert "at step 7" in caplog.text
+
+
+def test_teacher_is_exported_not_the_student(tiny_dinov2_run: Path):
+    last = torch.load(tiny_dinov2_run / "lightning" / "last.ckpt", weights_only=True)["state_dict"]
+    exported = load_file(tiny_dinov2_run / "checkpoint" / "model.safetensors")
+    name = next(n for n in exported if ".lora_B." in n)
+    teacher = last["objective.teacher." + f"backbone.{name}".replace(".", "__")]
+    student = last[f"objective.student.backbone.{name}"]
+    assert not torch.equal(teacher, student)  # after a few steps the EMA lags the student
+    assert torch.equal(exported[name], teacher)
+
+
+@pytest.mark.parametrize("old, new", [("--model.num_prototypes", "--model.dinov2.num_prototypes"),
+                                      ("--model.weights", "--model.backbone.weights"),
+                                      ("--data.samples_per_epoch", "--data.windows_per_epoch")])
+def test_old_recipe_keys_name_the_new_key(old: str, new: str, tmp_path: Path):
+    with pytest.raises(GeoExploraError, match=f"{old} is now {new}"):
+        run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path, old, "8")
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("model:\n  lora_rank: 8\n")
+    with pytest.raises(GeoExploraError, match="model.lora_rank is now model.strategy_options.lora_rank"):
+        main(["--config", str(recipe)])
+
+
+def test_unknown_strategy_option_is_an_error(tmp_path: Path):
+    with pytest.raises(GeoExploraError, match="no options"):
+        run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path, "--model.strategy", "full",
+            "--model.strategy_options", "{lora_rank: 4}")
+
+
+def test_prototypes_stay_frozen_for_the_first_steps(multiband_geotiff: Path, tmp_path: Path):
+    assert run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path, "--data.paths", f"[{multiband_geotiff}]",
+               "--trainer.max_steps", "2", "--model.dinov2.freeze_prototypes_steps", "2") == 0
+    state = torch.load(tmp_path / "lightning" / "last.ckpt", weights_only=True)["state_dict"]
+    prototypes = state["objective.student.dino_head.prototypes"]
+    ema = state["objective.teacher.dino_head__prototypes"]
+    mlp = state["objective.student.dino_head.mlp.0.weight"], state["objective.teacher.dino_head__mlp__0__weight"]
+    # never stepped: the EMA of an unchanged tensor is that tensor (up to float rounding)
+    assert torch.allclose(prototypes, ema, atol=1e-6)
+    assert not torch.allclose(*mlp, atol=1e-6)  # the rest of the head trained

@@ -6,6 +6,8 @@ from geoexplora.models.ssl.dinov2 import DINOv2Network, DINOv2Objective, forward
 from geoexplora.models.ssl.ibot_patch_loss import IBOTPatchLoss
 from geoexplora.models.ssl.koleo_loss import KoLeoLoss
 from geoexplora.models.ssl.mae import MAEObjective
+from geoexplora.models.ssl.monitors import distillation_monitors, rankme
+from geoexplora.models.ssl.options import DINOv2Options, MAEOptions
 from geoexplora.models.ssl.masking import block_mask, ibot_masks, random_masking
 from geoexplora.models.ssl.teacher import EMATeacher, cosine_momentum
 
@@ -14,15 +16,19 @@ __all__ = [
     "DINOHead",
     "DINOv2Network",
     "DINOv2Objective",
+    "DINOv2Options",
     "EMATeacher",
     "IBOTPatchLoss",
     "KoLeoLoss",
     "MAEObjective",
+    "MAEOptions",
     "block_mask",
     "cosine_momentum",
+    "distillation_monitors",
     "forward_tokens",
     "ibot_masks",
     "random_masking",
+    "rankme",
     "sinkhorn_knopp",
     "teacher_temperature",
 ]

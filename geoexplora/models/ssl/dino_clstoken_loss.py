@@ -5,23 +5,42 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 Centering = Literal["centering", "sinkhorn_knopp"]
 
 
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the processes of a running ``torch.distributed`` group (in place), as DINOv2 does."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 @torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
     """Balanced teacher targets: logits (M, K) -> probabilities (M, K), each row summing to 1.
 
-    Alternately normalises prototypes (columns) to equal mass and samples (rows) to unit mass.
+    Alternately normalises prototypes (columns) to equal mass and samples (rows) to unit mass, as
+    facebookresearch/dinov2 ``sinkhorn_knopp_teacher``: under DDP the total and the per-prototype sums
+    are all-reduced, so the M rows of every process are balanced together (M x world size samples).
+    The logits are shifted by their maximum (over all processes) before ``exp``: the result is the same,
+    without overflow at low temperatures.
     """
-    q = torch.exp((logits - logits.max()) / temperature).t().float()  # (K, M)
-    num_prototypes, num_samples = q.shape
-    q /= q.sum()
+    shift = logits.float().max().detach().clone()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+    q = torch.exp((logits.float() - shift) / temperature).t()  # (K, M)
+    num_prototypes, num_samples = q.shape[0], q.shape[1] * _world_size()
+    q /= _all_reduce_sum(q.sum())
     for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True) * num_prototypes
+        q /= _all_reduce_sum(q.sum(dim=1, keepdim=True)) * num_prototypes
         q /= q.sum(dim=0, keepdim=True) * num_samples
     return (q * num_samples).t()
 
@@ -34,7 +53,8 @@ class TeacherTargets(nn.Module):
         num_prototypes: K.
         student_temp: Student softmax temperature (0.1 published).
         centering: ``"centering"`` (softmax of logits minus an EMA centre) or ``"sinkhorn_knopp"``.
-        center_momentum: EMA momentum of the centre; it is updated only in training mode, after use.
+        center_momentum: EMA momentum of the centre; it is updated only in training mode, after use, with
+            the mean of the logits of every process (all-reduced under DDP, as in DINOv2).
     """
 
     def __init__(
@@ -56,9 +76,13 @@ class TeacherTargets(nn.Module):
         if self.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(logits, teacher_temp)
         probs = F.softmax((logits.float() - self.center) / teacher_temp, dim=-1)
-        if self.training and logits.shape[0] > 0:
-            batch_center = logits.float().mean(dim=0, keepdim=True)
-            self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+        if self.training:
+            # DINOv2's update_center: the batch mean over every process (sum all-reduced, / M x world size).
+            rows = torch.tensor(float(logits.shape[0]), device=logits.device)
+            total = _all_reduce_sum(torch.cat([logits.float().sum(dim=0), rows.view(1)]))
+            if total[-1] > 0:
+                batch_center = (total[:-1] / total[-1]).view(1, -1)
+                self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
         return probs
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from geoexplora.errors import GeoExploraError
-from geoexplora.models.ssl.dino_clstoken_loss import Centering, DINOClsTokenLoss
+from geoexplora.models.ssl.dino_clstoken_loss import DINOClsTokenLoss
 from geoexplora.models.ssl.dino_head import DINOHead
 from geoexplora.models.ssl.ibot_patch_loss import IBOTPatchLoss
 from geoexplora.models.ssl.koleo_loss import KoLeoLoss
 from geoexplora.models.ssl.masking import ibot_masks
-from geoexplora.models.ssl.teacher import EMATeacher, cosine_momentum
+from geoexplora.models.ssl.monitors import distillation_monitors
+from geoexplora.models.ssl.options import DINOv2Options
+from geoexplora.models.ssl.teacher import EMATeacher, cosine_momentum, eval_mode
 
 
 def forward_tokens(
@@ -48,6 +51,17 @@ def teacher_temperature(step: int, total_steps: int, start: float, end: float, w
     if warmup_steps <= 0 or step >= warmup_steps:
         return end
     return start + (end - start) * step / warmup_steps
+
+
+def set_drop_path(vit: nn.Module, rate: float) -> None:
+    """Stochastic depth on the residual branches of ``vit.blocks``, rising linearly from 0 to ``rate``
+    (timm's and DINOv2's schedule); a module in eval mode (the teacher) runs without it."""
+    depth = len(vit.blocks)
+    for i, block in enumerate(vit.blocks):
+        block_rate = rate * i / max(depth - 1, 1)
+        for name in ("drop_path1", "drop_path2"):
+            if hasattr(block, name):
+                setattr(block, name, DropPath(block_rate) if block_rate > 0 else nn.Identity())
 
 
 class DINOv2Network(nn.Module):
@@ -85,73 +99,84 @@ class DINOv2Network(nn.Module):
 class DINOv2Objective(nn.Module):
     """Continue DINOv2 self-distillation on new imagery, training only the backbone's trainable parameters.
 
+    Built as facebookresearch/dinov2 ``train/ssl_meta_arch.py`` (student and EMA teacher, DINO head on the
+    class token, iBOT head on masked patches, KoLeo on the student's global class tokens, masks on the
+    student's global crops only, losses averaged over the crop pairs of different views), with these
+    deviations, each for a reason:
+
+    - The teacher holds EMA copies of the trainable tensors only (:class:`EMATeacher`): in ExPLoRA the
+      teacher is the EMA of everything that trains (LoRA, the unfrozen block, norms, heads), and the
+      frozen weights are shared instead of copied.
+    - ``head_init="data"`` (default): the heads standardise their input and take their prototypes from
+      real windows before the first step (:meth:`initialise_heads`, :class:`DINOHead`); fresh random
+      heads on an almost frozen backbone give near-uniform targets at small batch.
+    - ``centering="auto"``: Sinkhorn-Knopp only when a step has at least K teacher crops
+      (:meth:`DINOv2Options.resolve_centering`).
+    - The mask token starts at zero, DINOv2's own initialisation: timm's DINOv2 weights do not carry
+      the trained one.
+    - Student drop-path defaults to 0 (:class:`DINOv2Options`).
+
     Args:
         backbone: timm ``VisionTransformer`` with a class token, adapters injected and frozen parameters
             already set (the teacher tracks the parameters trainable at construction).
-        num_prototypes: Prototypes of the DINO head (65,536 published; smaller for small data).
-        ibot_num_prototypes: Prototypes of a separate iBOT head (defaults to ``num_prototypes``).
-        ibot_separate_head: Separate iBOT head (True) or the DINO head shared for patches.
-        head_hidden_dim: Hidden width of the heads.
-        head_bottleneck_dim: Bottleneck size of the heads.
-        head_layers: Linear layers in the head MLP.
-        centering: Teacher target rule, ``"centering"`` or ``"sinkhorn_knopp"``.
-        student_temp: Student temperature.
-        teacher_temp: (start, end) teacher temperature.
-        teacher_temp_warmup: Share of training over which the teacher temperature warms up.
-        momentum: (start, end) teacher EMA momentum, cosine over training.
-        dino_weight: Weight of the DINO class-token loss.
-        ibot_weight: Weight of the iBOT patch loss.
-        koleo_weight: Weight of the KoLeo regulariser.
-        mask_ratio: Range of iBOT mask ratios.
-        mask_probability: Share of global crops that are masked.
+        options: the objective's options.
+        teacher_crops_per_step: global crops x batch x devices, to resolve ``centering="auto"`` (None:
+            centring).
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_prototypes: int = 4096,
-        ibot_num_prototypes: int | None = None,
-        ibot_separate_head: bool = True,
-        head_hidden_dim: int = 2048,
-        head_bottleneck_dim: int = 256,
-        head_layers: int = 3,
-        centering: Centering = "centering",
-        student_temp: float = 0.1,
-        teacher_temp: tuple[float, float] = (0.04, 0.07),
-        teacher_temp_warmup: float = 0.3,
-        momentum: tuple[float, float] = (0.992, 1.0),
-        dino_weight: float = 1.0,
-        ibot_weight: float = 1.0,
-        koleo_weight: float = 0.1,
-        mask_ratio: tuple[float, float] = (0.1, 0.5),
-        mask_probability: float = 0.5,
-    ) -> None:
+    def __init__(self, backbone: nn.Module, options: DINOv2Options | None = None,
+                 teacher_crops_per_step: int | None = None) -> None:
         super().__init__()
         if getattr(backbone, "cls_token", None) is None:
             raise GeoExploraError("the DINOv2 objective needs a backbone with a class token; this one has none")
+        o = self.options = options or DINOv2Options()
+        set_drop_path(backbone, o.drop_path_rate)
         dim = backbone.embed_dim
-        ibot_k = (ibot_num_prototypes or num_prototypes) if ibot_separate_head else num_prototypes
-        head_args = dict(hidden_dim=head_hidden_dim, bottleneck_dim=head_bottleneck_dim, num_layers=head_layers)
-        dino_head = DINOHead(dim, num_prototypes, **head_args)
-        ibot_head = DINOHead(dim, ibot_k, **head_args) if ibot_separate_head else None
+        head_args = dict(hidden_dim=o.head_hidden_dim, bottleneck_dim=o.head_bottleneck_dim, num_layers=o.head_layers)
+        dino_head = DINOHead(dim, o.num_prototypes, **head_args)
+        ibot_head = DINOHead(dim, o.ibot_prototypes, **head_args) if o.ibot_separate_head else None
         self.student = DINOv2Network(backbone, dino_head, ibot_head)
         self.teacher = EMATeacher(self.student)
-        self.dino_loss = DINOClsTokenLoss(num_prototypes, student_temp, centering)
-        self.ibot_loss = IBOTPatchLoss(ibot_k, student_temp, centering)
+        self.centering = o.resolve_centering(teacher_crops_per_step or 0)
+        self.dino_loss = DINOClsTokenLoss(o.num_prototypes, o.student_temp, self.centering)
+        self.ibot_loss = IBOTPatchLoss(o.ibot_prototypes, o.student_temp, self.centering)
         self.koleo_loss = KoLeoLoss()
-        self.teacher_temp = teacher_temp
-        self.teacher_temp_warmup = teacher_temp_warmup
-        self.momentum = momentum
-        self.weights = {"dino": dino_weight, "ibot": ibot_weight, "koleo": koleo_weight}
-        self.mask_ratio = mask_ratio
-        self.mask_probability = mask_probability
+        self.weights = {"dino": o.dino_weight, "ibot": o.ibot_weight, "koleo": o.koleo_weight}
 
     def _masks(self, crops: torch.Tensor) -> torch.Tensor:
         """iBOT masks (B, N) bool for global crops (B, C, H, W), on their device."""
         ph, pw = self.student.backbone.patch_embed.patch_size
         grid = (crops.shape[-2] // ph, crops.shape[-1] // pw)
-        masks = ibot_masks(crops.shape[0], grid, self.mask_ratio, self.mask_probability)
+        masks = ibot_masks(crops.shape[0], grid, self.options.mask_ratio, self.options.mask_probability)
         return masks.to(crops.device)
+
+    def prototype_parameters(self) -> list[nn.Parameter]:
+        """The heads' last layers (prototypes and their gains): frozen for ``freeze_prototypes_steps``."""
+        heads = [self.student.dino_head] + ([self.student.ibot_head] if self.student.ibot_head is not None else [])
+        return [p for head in heads for p in (head.prototypes, head.prototype_gain)]
+
+    @torch.no_grad()
+    def initialise_heads(self, global_crops: Sequence[torch.Tensor], generator: torch.Generator | None = None) -> None:
+        """Fit both heads to the start backbone before the first step (see :class:`DINOHead`).
+
+        Args:
+            global_crops: (B, C, G, G) batches of global crops of real windows, together at least K images
+                (and K masked-out patch tokens for the iBOT head).
+        """
+        network = self.student
+        cls_list, patch_list = [], []
+        with eval_mode(network):
+            for crops in global_crops:
+                cls, patches = forward_tokens(network.backbone, crops)
+                cls_list.append(cls)
+                patch_list.append(patches.flatten(0, 1))
+        cls, patches = torch.cat(cls_list), torch.cat(patch_list)
+        network.dino_head.fit_input(cls)
+        network.dino_head.init_prototypes(cls, generator)
+        if network.ibot_head is not None:
+            network.ibot_head.fit_input(patches)
+            network.ibot_head.init_prototypes(patches, generator)
+        self.teacher.update(network, momentum=0.0)
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -175,13 +200,16 @@ class DINOv2Objective(nn.Module):
 
         Returns:
             ``loss`` (weighted sum, to backpropagate), ``dino_loss``, ``ibot_loss``, ``koleo_loss``
-            (tensors) and ``teacher_temp``, ``momentum`` (floats: the momentum to pass to
-            :meth:`update_teacher` after this step's optimiser update).
+            (tensors), ``monitors`` (the learning signals of
+            :func:`~geoexplora.models.ssl.monitors.distillation_monitors`, scalar tensors) and
+            ``teacher_temp``, ``momentum`` (floats: the momentum to pass to :meth:`update_teacher` after
+            this step's optimiser update).
         """
         n_global = len(global_crops)
         if n_global < 2:
             raise GeoExploraError(f"DINOv2 needs at least 2 global crops per image, got {n_global}")
-        temp = teacher_temperature(step, total_steps, *self.teacher_temp, self.teacher_temp_warmup)
+        o = self.options
+        temp = teacher_temperature(step, total_steps, *o.teacher_temp, o.teacher_temp_warmup)
         globals_ = torch.cat(list(global_crops))
         masks = self._masks(globals_)
 
@@ -204,11 +232,13 @@ class DINOv2Objective(nn.Module):
                 f"DINOv2 loss is {loss.item()} at step {step} (dino {dino.item()}, ibot {ibot.item()}, "
                 f"koleo {koleo.item()}); lower the learning rate or check the input for NaN/inf pixels"
             )
+        monitors = distillation_monitors(teacher_cls_logits, torch.cat(teacher_cls), dino, cls_tokens)
         return {
             "loss": loss,
+            "monitors": monitors,
             "dino_loss": dino.detach(),
             "ibot_loss": ibot.detach(),
             "koleo_loss": koleo.detach(),
             "teacher_temp": temp,
-            "momentum": cosine_momentum(step, total_steps, *self.momentum),
+            "momentum": cosine_momentum(step, total_steps, *o.momentum),
         }

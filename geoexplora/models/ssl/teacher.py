@@ -28,7 +28,7 @@ def _buffer_name(parameter_name: str) -> str:
 
 
 @contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
     """Run ``module`` in eval mode (no dropout / drop-path), then restore each submodule's mode."""
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
@@ -73,5 +73,5 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def forward(self, student: nn.Module, *args: Any, **kwargs: Any) -> Any:
         """Call ``student(*args, **kwargs)`` in eval mode with the EMA tensors in place of its trainable ones."""
-        with _eval_mode(student):
+        with eval_mode(student):
             return functional_call(student, self.ema_tensors(), args, kwargs)

@@ -10,6 +10,13 @@ Initialisation: ``s_out = 0``, ``s_in = 1``, ``delta_b = 0``, ``scale = 1``, ``s
 model computes exactly the pretrained function at start, and the first gradient reaches ``s_out``
 (d y / d s_out = W diag(s_in) x != 0), while ``s_in`` starts to move once ``s_out`` is non-zero. The
 official code instead starts from kaiming-initialised scales, i.e. not at the pretrained function.
+
+Two further deviations from the official code, kept on purpose: on timm's fused ``qkv`` one ``s_in`` is
+shared by Q, K and V (the input is the same token; separate vectors would add 2 x D parameters per block
+and change the tensor names of every saved RLRR checkpoint), and the patch embedding gets no scale/shift
+(with multi-spectral input the patch embedding is usually trained outright, so a rescaling on top of it
+adds nothing; for RGB input it is the one frozen layer before the first norm's scale/shift, which
+already rescales its output per channel).
 """
 
 from __future__ import annotations
