@@ -30,6 +30,7 @@ from geoexplora.bands import rgb_role
 from geoexplora.data import BandStatistics, Normalizer
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy, parameter_report, read_state_dict
+from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig, make_lineage
 from geoexplora.models.ssl import DINOv2Objective, MAEObjective
 from geoexplora.transforms import MAEAugmentation, MultiCropAugmentation
 
@@ -237,18 +238,16 @@ class PretrainTask(L.LightningModule):
         """The adapted backbone: its trainable tensors make up the geoexplora checkpoint."""
         return self.backbone
 
-    def export_config(self) -> dict[str, Any]:
-        return {
-            "backbone": self.backbone_config.to_dict(),
-            "strategy": self.strategy_config.to_dict(),
-            "extra": {
-                "task": "pretrain",
-                "objective": self.objective_name,
-                "band_statistics": self.statistics.to_dict(),
-                "normalization": self.normalizer.mode,
-                "steps": int(self.global_step),
-            },
-        }
+    def export_config(self) -> CheckpointConfig:
+        """The checkpoint's sections: a ``pretrain`` task, the normalisation trained with, the source weights."""
+        return CheckpointConfig(
+            backbone=self.backbone_config,
+            strategy=self.strategy_config,
+            task=TaskConfig("pretrain", objective=self.objective_name, steps=int(self.global_step)),
+            preprocessing=Preprocessing(tuple(self.backbone_config.bands), self.statistics, self.normalizer.mode,
+                                        self.backbone_config.img_size),
+            lineage=make_lineage(self.backbone_config),
+        )
 
     # --- optimisation ------------------------------------------------------------------------------------
 
