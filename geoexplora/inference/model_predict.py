@@ -100,5 +100,5 @@ def predict_with_model(
         mode="segmentation" if model.task.kind == "segmentation" else "classification",
         probabilities=None if probs is None else Path(probs), overwrite=overwrite, resume=resume,
         progress=progress, allow_no_crs=allow_no_crs, classes=model.classes,
-        tags={"checkpoint": str(model.directory), "checkpoint_sha256": model.sha256},
+        tags={"checkpoint_sha256": model.sha256},
     )

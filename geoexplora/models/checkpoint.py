@@ -308,7 +308,7 @@ def resolve_ref(ref: FileRef, directory: Path, search: Sequence[Path], what: str
     found = next((c for c in candidates if (c.is_dir() if is_dir else c.is_file())), None)
     config = directory / CONFIG_NAME
     if found is None:
-        looked = ", ".join(dict.fromkeys(str(c.parent) for c in candidates))
+        looked = ", ".join(dict.fromkeys(os.path.normpath(c.parent) for c in candidates))
         raise GeoExploraError(
             f"{config}: {what} {ref.path} not found (looked in {looked}); pass --weights-dir DIR (or set "
             f"{WEIGHTS_PATH_ENV}) to where it is, or load an exported copy (geoexplora export)"
