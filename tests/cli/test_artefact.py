@@ -16,7 +16,7 @@ import pytest
 import rasterio
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import fake_rasters
@@ -165,6 +165,16 @@ def test_moved_checkpoint_predicts_the_same_class_map(chain, reference, tmp_path
     assert (tmp_path / "found.tif").read_bytes() == reference.read_bytes()
 
 
+def test_changed_parent_is_refused_naming_both_files(chain, tmp_path, capsys):
+    shutil.copytree(chain / "runs", tmp_path / "runs")
+    shutil.copytree(chain / "weights", tmp_path / "weights")
+    parent = tmp_path / "runs" / "pre" / "model.safetensors"
+    save_file({k: v + 1 for k, v in load_file(parent).items()}, parent)  # e.g. overwritten by a --resume
+    assert predict(tmp_path / "runs" / "ft", chain / "scene.tif", tmp_path / "p.tif") == 2
+    one_line_error(capsys, f"{parent}: sha256", "differs from", str(tmp_path / "runs" / "ft" / "config.json"))
+    assert not list(tmp_path.glob("p.tif*"))
+
+
 def test_exported_checkpoint_is_self_contained(chain, reference, tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     shutil.copytree(chain / "runs", work / "runs")
@@ -224,6 +234,7 @@ def test_export_bad_input_is_one_line_and_writes_nothing(chain, tmp_path, capsys
 
 @pytest.mark.skipif(not BIGEARTHNET_PATCH.is_dir(), reason=f"real Sentinel-2 patch not found at {BIGEARTHNET_PATCH}")
 def test_onnx_matches_pytorch_on_a_real_sentinel2_window(chain, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (pip install 'geoexplora[onnx]') is not installed")
     bands = ["B02", "B03", "B04", "B08"]
     image = np.stack([rasterio.open(BIGEARTHNET_PATCH / f"{BIGEARTHNET_PATCH.name}_{b}.tif").read(1)
                       for b in bands]).astype(np.float32)  # (4, 120, 120) reflectance, 10 m
