@@ -223,7 +223,7 @@ class CheckpointConfig:
             return None if r is None else {"path": r.path, "sha256": r.sha256, "size": r.size}
 
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "geoexplora_version": self.geoexplora_version,
             "backbone": self.backbone.to_dict(),
             "strategy": self.strategy.to_dict(),
@@ -370,7 +370,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: CheckpointC
     else:
         backbone = replace(config.backbone, weights=source.path if source is not None else config.backbone.weights)
     config = replace(config, backbone=backbone, lineage=Lineage(source, rel(lineage.parent), stored),
-                     geoexplora_version=__version__)
+                     format_version=FORMAT_VERSION, geoexplora_version=__version__)
     tensors = full_state_dict(model) if stored == "full" else trainable_state_dict(model)
     weights_tmp, config_tmp = directory / f".{WEIGHTS_NAME}.tmp", directory / f".{CONFIG_NAME}.tmp"
     save_file(tensors, weights_tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
@@ -86,3 +87,11 @@ def test_bad_input_is_one_line_error(capsys, args, message):
     assert main(["info", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_format1_checkpoint_info_reads_its_sections(capsys):
+    fixture = Path(__file__).parents[1] / "models" / "fixtures" / "format1" / "segmentation"
+    info = _info_json(capsys, "--checkpoint", str(fixture))
+    assert info["format_version"] == 1 and info["task"]["kind"] == "segmentation"
+    assert [c["name"] for c in info["classes"]] == ["water", "forest", "urban"]
+    assert info["lineage"]["parent"]["path"] == "/home/user/runs/pretrain" and info["lineage"]["parent"]["sha256"] is None
