@@ -91,7 +91,7 @@ def _stored_shapes(directory: Path) -> dict[str, list[int]]:
     """Tensor name -> shape in ``model.safetensors``, read from its header."""
     from safetensors import SafetensorError, safe_open
 
-    from geoexplora.models.checkpoint import WEIGHTS_NAME
+    from geoexplora.models.lineage import WEIGHTS_NAME
 
     path = directory / WEIGHTS_NAME
     if not path.is_file():

@@ -6,14 +6,13 @@ from geoexplora.models.backbone import BackboneConfig, create_backbone, read_sta
 from geoexplora.models.checkpoint import (
     CheckpointConfig,
     ClassInfo,
-    Lineage,
     Preprocessing,
     TaskConfig,
     make_classes,
-    make_lineage,
     read_checkpoint,
     save_checkpoint,
 )
+from geoexplora.models.lineage import Lineage, make_lineage
 from geoexplora.models.export import export_checkpoint, export_onnx
 from geoexplora.models.geomodel import GeoModel, build_task_model, load_model
 from geoexplora.models.params import ParamReport, parameter_report

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from geoexplora.errors import GeoExploraError
-from geoexplora.models.checkpoint import CONFIG_NAME, FileRef, Lineage, save_checkpoint
+from geoexplora.models.checkpoint import save_checkpoint
+from geoexplora.models.lineage import CONFIG_NAME, FileRef, Lineage
 from geoexplora.models.geomodel import GeoModel, fold_backbone, load_model
 from geoexplora.models.heads import SupervisedModel
 from geoexplora.models.strategies import create_strategy

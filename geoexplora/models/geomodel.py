@@ -17,17 +17,8 @@ from torch import nn
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.backbone import BackboneConfig, create_backbone
-from geoexplora.models.checkpoint import (
-    CheckpointConfig,
-    ClassInfo,
-    Preprocessing,
-    TaskConfig,
-    checkpoint_sha256,
-    load_tensors,
-    read_checkpoint,
-    resolve_ref,
-    search_path,
-)
+from geoexplora.models.checkpoint import CheckpointConfig, ClassInfo, Preprocessing, TaskConfig, load_tensors, read_checkpoint
+from geoexplora.models.lineage import checkpoint_sha256, resolve_ref, search_path
 from geoexplora.models.heads import SupervisedModel, create_head, segmentation_feature_blocks
 from geoexplora.models.strategies import export_merged_state_dict, merge_rlrr
 

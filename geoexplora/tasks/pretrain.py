@@ -30,7 +30,8 @@ from geoexplora.bands import rgb_role
 from geoexplora.data import BandStatistics, Normalizer
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy, parameter_report, read_state_dict
-from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig, make_lineage
+from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig
+from geoexplora.models.lineage import make_lineage
 from geoexplora.models.ssl import DINOv2Objective, MAEObjective
 from geoexplora.transforms import MAEAugmentation, MultiCropAugmentation
 

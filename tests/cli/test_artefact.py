@@ -34,7 +34,7 @@ from geoexplora.models import (
     register_strategy,
     save_checkpoint,
 )
-from geoexplora.models.checkpoint import checkpoint_sha256
+from geoexplora.models.lineage import checkpoint_sha256
 from geoexplora.models.export import onnx_parity
 from geoexplora.models.strategies import StrategyConfig
 from geoexplora.tasks.finetune import FinetuneTask

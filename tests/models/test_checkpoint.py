@@ -20,7 +20,7 @@ from geoexplora.models import (
     save_checkpoint,
 )
 from geoexplora.models.backbone import BackboneConfig, create_backbone
-from geoexplora.models.checkpoint import file_sha256
+from geoexplora.models.lineage import file_sha256
 from geoexplora.models.strategies import create_strategy
 
 TINY = dict(model="vit_base_patch16_224", embed_dim=64, depth=2, num_heads=4, patch_size=8, img_size=32)

@@ -27,7 +27,7 @@ from geoexplora.models import (
     load_model,
     save_checkpoint,
 )
-from geoexplora.models.checkpoint import checkpoint_sha256
+from geoexplora.models.lineage import checkpoint_sha256
 from geoexplora.tasks.finetune import FinetuneTask
 from geoexplora.tasks.finetune_data import LabelledRasterDataModule
 
