@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -194,4 +195,13 @@ def test_finetune_keeps_the_pretraining_band_statistics(data: dict[str, Path], t
     assert finetune(config, tmp_path / "run") == 0
     saved = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())
     assert saved["preprocessing"]["statistics"] == stats and saved["preprocessing"]["normalization"] == "percentile"
-    assert saved["lineage"]["parent"]["sha256"] == checkpoint_sha256(tmp_path / "pre")
+    assert saved["lineage"]["parent"] == {"path": "../../pre", "sha256": checkpoint_sha256(tmp_path / "pre"),
+                                          "size": None}
+    moved = tmp_path / "moved"  # the run and its parent moved together; the source weights found by name
+    shutil.copytree(tmp_path / "run" / "checkpoint", moved / "run" / "checkpoint")
+    shutil.copytree(tmp_path / "pre", moved / "pre")
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        expected = load_model(tmp_path / "run" / "checkpoint").model(x)
+        assert torch.equal(load_model(moved / "run" / "checkpoint", weights_dir=data["weights"].parent).model(x),
+                           expected)
