@@ -34,9 +34,9 @@ from geoexplora.errors import GeoExploraError
 from geoexplora.data.stats import BandStatistics
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy
 from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig, make_classes, read_checkpoint
-from geoexplora.models.lineage import make_lineage
 from geoexplora.models.geomodel import build_task_model, load_merged_backbone, source_backbone
 from geoexplora.models.heads import SupervisedModel
+from geoexplora.models.lineage import make_lineage
 
 Task = Literal["classification", "multilabel", "segmentation"]
 TASKS = ("classification", "multilabel", "segmentation")

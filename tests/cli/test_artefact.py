@@ -23,6 +23,8 @@ import fake_rasters
 from geoexplora.cli import main
 from geoexplora.data import GeoRasterDataset, compute_band_statistics
 from geoexplora.data.stats import band_statistics_from_pixels
+from geoexplora.errors import GeoExploraError
+from geoexplora.inference.model_predict import band_indexes
 from geoexplora.models import (
     BackboneConfig,
     CheckpointConfig,
@@ -34,8 +36,8 @@ from geoexplora.models import (
     register_strategy,
     save_checkpoint,
 )
-from geoexplora.models.lineage import checkpoint_sha256
 from geoexplora.models.export import onnx_parity
+from geoexplora.models.lineage import checkpoint_sha256
 from geoexplora.models.strategies import StrategyConfig
 from geoexplora.tasks.finetune import FinetuneTask
 from shared_paths import SHARED_DATA
@@ -251,8 +253,16 @@ def test_onnx_matches_pytorch_on_a_real_sentinel2_window(chain, tmp_path, capsys
     assert difference < 1e-4
 
 
+def test_files_without_band_names_use_the_training_files_names(tmp_path):
+    unnamed = fake_rasters.write_raster(tmp_path / "unnamed.tif", width=40, height=40, count=5)
+    training = Preprocessing(("red", "nir"), None, file_bands=("blue", "green", "red", "nir", "swir"))
+    assert band_indexes(training, unnamed) == [3, 4]
+    assert band_indexes(training, unnamed, ["nir", "red", "a", "b", "c"]) == [2, 1]
+    with pytest.raises(GeoExploraError, match="the model needs bands red, nir but the file has B1"):
+        band_indexes(Preprocessing(("red", "nir"), None), unnamed)
+
+
 def test_layering_inference_without_lightning_and_a_light_cli():
-    for code in ("import geoexplora.inference, sys; assert 'lightning' not in sys.modules",
-                 "import geoexplora, geoexplora.cli, sys; assert 'torch' not in sys.modules",
-                 "import geoexplora as gx, sys; gx.load_model; assert 'lightning' not in sys.modules"):
-        subprocess.run([sys.executable, "-c", code], check=True)
+    code = ("import sys, geoexplora as gx, geoexplora.cli; assert 'torch' not in sys.modules; "
+            "import geoexplora.inference; gx.load_model; assert 'lightning' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
