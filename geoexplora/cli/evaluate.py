@@ -19,6 +19,7 @@ from geoexplora.errors import GeoExploraError
 
 if TYPE_CHECKING:
     from geoexplora.models import GeoModel, Preprocessing
+    from geoexplora.models.lineage import SearchDirs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -74,7 +75,7 @@ def score(model: GeoModel, loader) -> dict[str, Any]:
     return {k: v.tolist() for k, v in metrics.compute().items()}
 
 
-def retention(model: GeoModel, source: str, weights_dir: Any = None) -> dict[str, float]:
+def retention(model: GeoModel, source: str, weights_dir: SearchDirs = None) -> dict[str, float]:
     """k-NN accuracy on ``source`` with the source backbone (before) and the adapted one (after)."""
     from geoexplora.models import create_backbone
     from geoexplora.models.geomodel import source_backbone

@@ -56,6 +56,7 @@ from geoexplora.inference.reader import WindowReader
 from geoexplora.inference.windows import TileWindow, WindowGrid
 from geoexplora.inference.writer import BlockWriter, OutputSpec
 from geoexplora.models import BackboneConfig, GeoModel, create_backbone, load_model
+from geoexplora.models.lineage import SearchDirs
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Encoder:
         return int(self.backbone.patch_embed.patch_size[0])
 
 
-def load_encoder(checkpoint: str | Path, *, weights_dir: object = None, allow_download: bool = False) -> Encoder:
+def load_encoder(checkpoint: str | Path, *, weights_dir: SearchDirs = None, allow_download: bool = False) -> Encoder:
     """The (adapted) backbone of a pretrain or fine-tuning checkpoint, with its band statistics.
 
     Args:

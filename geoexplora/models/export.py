@@ -19,7 +19,6 @@ import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.checkpoint import save_checkpoint
-from geoexplora.models.lineage import CONFIG_NAME, FileRef, Lineage
+from geoexplora.models.lineage import CONFIG_NAME, FileRef, Lineage, SearchDirs
 from geoexplora.models.geomodel import GeoModel, fold_backbone, load_model
 from geoexplora.models.heads import SupervisedModel
 from geoexplora.models.strategies import create_strategy
@@ -72,7 +71,7 @@ def merged_model(geomodel: GeoModel) -> GeoModel:
 
 
 def export_checkpoint(
-    checkpoint: str | Path, out: str | Path, *, weights_dir: Any = None, allow_download: bool = False,
+    checkpoint: str | Path, out: str | Path, *, weights_dir: SearchDirs = None, allow_download: bool = False,
     overwrite: bool = False,
 ) -> GeoModel:
     """Write ``checkpoint`` as a self-contained folder ``out`` (merged full weights); returns the merged model.

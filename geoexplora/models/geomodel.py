@@ -18,7 +18,7 @@ from torch import nn
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.backbone import BackboneConfig, create_backbone
 from geoexplora.models.checkpoint import CheckpointConfig, ClassInfo, Preprocessing, TaskConfig, load_tensors, read_checkpoint
-from geoexplora.models.lineage import checkpoint_sha256, resolve_ref, search_path
+from geoexplora.models.lineage import SearchDirs, checkpoint_sha256, resolve_ref, search_path
 from geoexplora.models.heads import SupervisedModel, create_head, segmentation_feature_blocks
 from geoexplora.models.strategies import export_merged_state_dict, merge_rlrr
 
@@ -69,7 +69,7 @@ def fold_backbone(adapted: nn.Module, config: BackboneConfig) -> tuple[nn.Module
 
 
 def load_merged_backbone(
-    directory: str | Path, weights_dir: Any = None, allow_download: bool = False
+    directory: str | Path, weights_dir: SearchDirs = None, allow_download: bool = False
 ) -> tuple[nn.Module, CheckpointConfig]:
     """A checkpoint's backbone with its adapters folded in (the base that fine-tuning starts from)."""
     geomodel = load_model(directory, weights_dir=weights_dir, allow_download=allow_download)
@@ -77,7 +77,7 @@ def load_merged_backbone(
     return plain, replace(geomodel.config, backbone=plain_config)
 
 
-def source_backbone(directory: str | Path, config: CheckpointConfig, weights_dir: Any = None) -> BackboneConfig:
+def source_backbone(directory: str | Path, config: CheckpointConfig, weights_dir: SearchDirs = None) -> BackboneConfig:
     """The checkpoint's backbone config with its source weights found (absolute path) and checked."""
     source = config.lineage.source_weights
     if source is None:
@@ -106,7 +106,7 @@ def _base(directory: Path, config: CheckpointConfig, search: list[Path], allow_d
     return create_backbone(backbone)
 
 
-def build_model(directory: str | Path, config: CheckpointConfig, weights_dir: Any = None,
+def build_model(directory: str | Path, config: CheckpointConfig, weights_dir: SearchDirs = None,
                 allow_download: bool = False) -> nn.Module:
     """Rebuild the module ``config`` describes and load ``directory``'s tensors into it, strictly."""
     directory = Path(directory)
@@ -170,7 +170,7 @@ class GeoModel:
         return predict_with_model(self, Path(raster), Path(out), **options)
 
 
-def load_model(directory: str | Path, *, weights_dir: Any = None, allow_download: bool = False) -> GeoModel:
+def load_model(directory: str | Path, *, weights_dir: SearchDirs = None, allow_download: bool = False) -> GeoModel:
     """Load the checkpoint in ``directory`` (format 2 or 1) as a :class:`GeoModel`, in eval mode, on the CPU.
 
     Args:

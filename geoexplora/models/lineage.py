@@ -23,6 +23,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 WEIGHTS_PATH_ENV = "GEOEXPLORA_WEIGHTS"
 Stored = Literal["trained", "full"]
+SearchDirs = str | Path | Sequence[str | Path] | None  # --weights-dir folder(s)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def relative_path(path: str, directory: Path) -> str:
         return str(Path(path).resolve())
 
 
-def search_path(weights_dir: str | Path | Sequence[str | Path] | None = None) -> list[Path]:
+def search_path(weights_dir: SearchDirs = None) -> list[Path]:
     """Folders searched after the checkpoint folder and the working directory: ``weights_dir``, then
     ``$GEOEXPLORA_WEIGHTS`` (``os.pathsep``-separated)."""
     given = [] if weights_dir is None else [weights_dir] if isinstance(weights_dir, (str, Path)) else list(weights_dir)
