@@ -3,7 +3,7 @@
 Every argparse sub-command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. The
 Lightning-driven commands (``pretrain``, ``finetune``) take a YAML recipe plus dotted overrides and are
 parsed by LightningCLI instead: their modules expose ``main(argv) -> int`` and are imported only when
-called. User errors
+called. Command modules import torch and the rest inside ``run``, so ``--version`` and ``--help`` stay fast. User errors
 (:class:`~geoexplora.errors.GeoExploraError`) are printed as one line on stderr with exit status 2,
 never as a traceback.
 """
@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from geoexplora import __version__
-from geoexplora.cli import demo, embed, evaluate, info, predict, stats
+from geoexplora.cli import demo, embed, evaluate, export, info, predict, stats
 from geoexplora.errors import GeoExploraError
 
-COMMANDS = (info, stats, evaluate, predict, embed, demo)
+COMMANDS = (info, stats, evaluate, predict, embed, export, demo)
 # command -> (module with main(argv), one-line help); parsed by LightningCLI, see cli/lightning_runner.py.
 LIGHTNING_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("geoexplora.cli.pretrain", "ExPLoRA domain pre-training (DINOv2 or MAE) on unlabelled rasters"),

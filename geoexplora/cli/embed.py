@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from geoexplora.cli.options import add_checkpoint_options
 from geoexplora.errors import GeoExploraError
-from geoexplora.inference.embed import Encoder, build_encoder, embed_rasters, load_encoder
+
+if TYPE_CHECKING:
+    from geoexplora.inference.embed import Encoder
 
 DEFAULT_PCA = 3
 
@@ -37,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pca", type=int, help=f"with --dense: PCA components, bands of the GeoTIFF "
                         f"(default {DEFAULT_PCA})")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_checkpoint_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -46,13 +49,15 @@ def _names(text: str | None) -> list[str] | None:
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
     """The checkpoint's encoder, or the named timm backbone over ``--bands``."""
+    from geoexplora.inference.embed import build_encoder, load_encoder
+
     if (args.checkpoint is None) == (args.backbone is None):
         raise GeoExploraError("give either --checkpoint DIR or --backbone NAME --bands B1,B2,...")
     if args.checkpoint is not None:
         if args.weights or args.bands:
             raise GeoExploraError(f"{args.checkpoint}: --weights and --bands go with --backbone; "
                                   "a checkpoint names its own")
-        return load_encoder(args.checkpoint)
+        return load_encoder(args.checkpoint, weights_dir=args.weights_dir, allow_download=args.allow_download)
     bands = _names(args.bands)
     if not bands:
         raise GeoExploraError(f"--backbone {args.backbone}: needs --bands, the band names it reads")
@@ -60,6 +65,10 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from geoexplora.inference.embed import embed_rasters
+
     if args.pca is not None and args.dense is None:
         raise GeoExploraError("--pca goes with --dense OUT.tif")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -1,7 +1,7 @@
 """``geoexplora evaluate --checkpoint DIR --config RECIPE``: metrics of a fine-tuned checkpoint.
 
 Reads the recipe's ``data`` section (the data module's arguments; band statistics and normalisation
-come from the checkpoint), scores one split, prints a table (or one JSON object with ``--json``) and,
+come from the checkpoint, loaded with :func:`geoexplora.models.load_model`), scores one split, prints a table (or one JSON object with ``--json``) and,
 with ``--out DIR``, writes ``confusion_matrix.png`` / ``per_class_iou.png``. ``--retention SOURCE`` runs
 the forgetting check: k-NN accuracy (DINOv2 protocol) of the source backbone and of the adapted one on a
 labelled source-domain set (a tiles folder / CSV, or a recipe YAML whose ``data`` section describes it).
@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import yaml
-
+from geoexplora.cli.options import add_checkpoint_options
 from geoexplora.errors import GeoExploraError
+
+if TYPE_CHECKING:
+    from geoexplora.models import GeoModel, Preprocessing
+    from geoexplora.models.lineage import SearchDirs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,10 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="folder for confusion-matrix / per-class IoU plots and metrics.json")
     parser.add_argument("--retention", metavar="SOURCE_DATA",
                         help="k-NN accuracy on a source-domain labelled set before and after adaptation")
+    add_checkpoint_options(parser)
     parser.set_defaults(run=run)
 
 
 def read_data_section(path: str | Path) -> dict[str, Any]:
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise GeoExploraError(f"{path}: no such recipe")
@@ -42,42 +47,49 @@ def read_data_section(path: str | Path) -> dict[str, Any]:
     return dict(recipe["data"])
 
 
-def data_module(data: dict[str, Any], extra: dict[str, Any]):
+def data_module(data: dict[str, Any], preprocessing: Preprocessing | None):
     from geoexplora.tasks.finetune_data import LabelledRasterDataModule
 
-    data.update(band_statistics=extra.get("band_statistics"), normalization=extra.get("normalization") or "standardize")
+    if preprocessing is not None:
+        stats = preprocessing.statistics
+        data.update(band_statistics=None if stats is None else stats.to_dict(), normalization=preprocessing.normalization)
     module = LabelledRasterDataModule(**data)
     module.setup()
     return module
 
 
-@torch.no_grad()
-def score(task, loader) -> dict[str, Any]:
+def score(model: GeoModel, loader) -> dict[str, Any]:
+    """Metrics of ``model`` (a fine-tuned checkpoint) over ``loader``'s normalised batches."""
+    import torch
+
     from geoexplora.tasks.finetune import task_metrics
 
-    metrics = task_metrics(task.task, len(task.classes), task.ignore_index)
-    for batch in loader:
-        logits = task(batch["image"])
-        target = task.target(batch)
-        metrics.update(logits.sigmoid() if task.task == "multilabel" else logits,
-                       target.long() if task.task == "multilabel" else target)
+    kind = model.task.kind
+    metrics = task_metrics(kind, len(model.classes), model.task.ignore_index)
+    with torch.no_grad():
+        for batch in loader:
+            logits = model.model(batch["image"])
+            target = batch["mask"] if kind == "segmentation" else batch["label"]
+            metrics.update(logits.sigmoid() if kind == "multilabel" else logits,
+                           target.long() if kind == "multilabel" else target)
     return {k: v.tolist() for k, v in metrics.compute().items()}
 
 
-def retention(task, config: dict[str, Any], source: str) -> dict[str, float]:
+def retention(model: GeoModel, source: str, weights_dir: SearchDirs = None) -> dict[str, float]:
     """k-NN accuracy on ``source`` with the source backbone (before) and the adapted one (after)."""
     from geoexplora.models import create_backbone
+    from geoexplora.models.geomodel import source_backbone
     from geoexplora.tasks.knn import extract_features, knn_accuracy
 
     data = read_data_section(source) if source.endswith((".yaml", ".yml")) else {"tiles": source}
     data.setdefault("label_mode", "majority")
-    module = data_module(data, {})
-    before = create_backbone(config["backbone"])
+    module = data_module(data, None)
+    before = create_backbone(source_backbone(model.directory, model.config, weights_dir))
     out = {}
-    for name, backbone in (("before", before), ("after", task.model.backbone)):
+    for name, backbone in (("before", before), ("after", model.backbone)):
         train = extract_features(backbone, module.train_dataloader())
         test = extract_features(backbone, module.test_dataloader())
-        out[name] = knn_accuracy(*train, *test, len(module.classes), ignore_index=task.ignore_index)
+        out[name] = knn_accuracy(*train, *test, len(module.classes), ignore_index=model.task.ignore_index)
     out["drop"] = out["before"] - out["after"]
     return out
 
@@ -117,22 +129,25 @@ def table(results: dict[str, Any], classes: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoexplora.tasks.finetune import load_finetuned
+    from geoexplora.models import load_model
 
-    task, config = load_finetuned(args.checkpoint)
-    module = data_module(read_data_section(args.config), config["extra"])
-    if list(module.band_names) != list(config["backbone"].bands):
+    model = load_model(args.checkpoint, weights_dir=args.weights_dir, allow_download=args.allow_download)
+    if model.task.kind == "pretrain":
+        raise GeoExploraError(f"{args.checkpoint}: a pre-training checkpoint has no head to score; "
+                              "evaluate one from geoexplora finetune")
+    classes = [c.name for c in model.classes]
+    module = data_module(read_data_section(args.config), model.preprocessing)
+    if tuple(module.band_names) != tuple(model.preprocessing.model_bands):
         raise GeoExploraError(f"{args.config}: data bands {list(module.band_names)} differ from the checkpoint's "
-                              f"{config['backbone'].bands}")
-    if list(module.classes) != task.classes:
-        raise GeoExploraError(f"{args.config}: data classes {module.classes} differ from the checkpoint's {task.classes}")
+                              f"{list(model.preprocessing.model_bands)}")
+    if list(module.classes) != classes:
+        raise GeoExploraError(f"{args.config}: data classes {module.classes} differ from the checkpoint's {classes}")
     loader = {"train": module.train_dataloader, "val": module.val_dataloader, "test": module.test_dataloader}
-    results = score(task, loader[args.split]())
+    results = score(model, loader[args.split]())
     if args.retention:
-        results["knn_retention"] = retention(task, config, args.retention)
+        results["knn_retention"] = retention(model, args.retention, args.weights_dir)
     if args.out:
-        plot(results, task.classes, Path(args.out))
+        plot(results, classes, Path(args.out))
         (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({"split": args.split, "classes": task.classes, **results}) if args.json
-          else table(results, task.classes))
+    print(json.dumps({"split": args.split, "classes": classes, **results}) if args.json else table(results, classes))
     return 0

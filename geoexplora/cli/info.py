@@ -1,29 +1,24 @@
 """``geoexplora info``: what a backbone + strategy trains, or what a checkpoint holds.
 
 Without ``--weights`` the ViT is built on the meta device (no memory, no download): counting parameters
-needs no weights.
+needs no weights. A checkpoint is described from its ``config.json`` sections and the shapes stored in
+``model.safetensors``; its source weights and parent are not loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import timm
-import torch
-
-from geoexplora.bands import default_band_names
 from geoexplora.errors import GeoExploraError
-from geoexplora.models import (
-    BackboneConfig,
-    create_backbone,
-    create_strategy,
-    list_strategies,
-    parameter_report,
-    read_checkpoint_config,
-)
-from geoexplora.models.checkpoint import WEIGHTS_NAME
+
+if TYPE_CHECKING:
+    from geoexplora.models import BackboneConfig
+
+STRATEGIES = ("block-expansion", "explora", "full", "linear", "lora", "rlrr")  # the built-in ones, for --help
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bands.add_argument("--in-chans", type=int, help="number of bands, named B1..Bn")
     parser.add_argument("--sensor", help="sensor table resolving band names (sentinel2, landsat7, landsat8)")
     parser.add_argument("--img-size", type=int, help="input side in pixels (default: the model's pretrained size)")
-    parser.add_argument("--strategy", default="explora", choices=list_strategies(), help="adaptation strategy")
+    parser.add_argument("--strategy", default="explora", help=f"adaptation strategy ({', '.join(STRATEGIES)}, ...)")
     parser.add_argument("--unfreeze-blocks", type=_int_list, help="blocks trained in full, e.g. -1 or 10,11")
     parser.add_argument("--lora-rank", type=int, help="LoRA rank")
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (update scaled by alpha/rank)")
@@ -73,6 +68,11 @@ def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _backbone_config(args: argparse.Namespace) -> BackboneConfig:
+    import timm
+
+    from geoexplora.bands import default_band_names
+    from geoexplora.models import BackboneConfig
+
     if args.bands:
         bands = [b.strip() for b in args.bands.split(",") if b.strip()]
     elif args.in_chans:
@@ -87,30 +87,55 @@ def _backbone_config(args: argparse.Namespace) -> BackboneConfig:
                           img_size=img_size)
 
 
+def _stored_shapes(directory: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape in ``model.safetensors``, read from its header."""
+    from safetensors import SafetensorError, safe_open
+
+    from geoexplora.models.lineage import WEIGHTS_NAME
+
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        raise GeoExploraError(f"{path}: checkpoint weights not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise GeoExploraError(f"{path}: not a safetensors file ({e})") from None
+
+
 def _describe_checkpoint(directory: str) -> dict[str, Any]:
-    config = read_checkpoint_config(directory)
-    backbone, strategy = config["backbone"], config["strategy"]
+    import torch
+
+    from geoexplora.models import create_backbone, parameter_report, read_checkpoint
+    from geoexplora.models.geomodel import build_task_model
+    from geoexplora.models.heads import SupervisedModel
+
+    config = read_checkpoint(directory)
+    backbone, strategy = config.backbone, config.strategy
     # Counting needs no weights: rebuild on the meta device from the config alone.
     with torch.device("meta"):
-        model = strategy.apply(create_backbone(BackboneConfig.from_dict({**backbone.to_dict(), "weights": None})))
-    from safetensors import safe_open
-
-    with safe_open(f"{directory}/{WEIGHTS_NAME}", framework="pt") as f:
-        stored = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    stored_params = sum(int(torch.Size(s).numel()) for s in stored.values())
+        model = build_task_model(strategy.apply(create_backbone(replace(backbone, weights=None))),
+                                 config.task, len(config.classes))
+    stored = _stored_shapes(Path(directory))
+    sections = config.to_dict()
+    statistics = sections["preprocessing"].pop("statistics")
     return {
         "checkpoint": str(directory),
+        **{k: v for k, v in sections.items() if k not in ("backbone", "strategy")},
         "backbone": backbone.to_dict(),
         "strategy": strategy.to_dict(),
-        "extra": {k: v for k, v in config["extra"].items() if k != "band_statistics"},
-        "band_statistics": sorted(config["extra"].get("band_statistics", {}).get("bands", {})),
+        "band_statistics": sorted((statistics or {}).get("bands", {})),
         "stored_tensors": len(stored),
-        "stored_params": stored_params,
-        **parameter_report(model).to_dict(),
+        "stored_params": sum(int(torch.Size(s).numel()) for s in stored.values()),
+        **parameter_report(model.backbone if isinstance(model, SupervisedModel) else model).to_dict(),
     }
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from geoexplora.models import create_backbone, create_strategy, parameter_report
+
     if args.checkpoint:
         info = _describe_checkpoint(args.checkpoint)
     else:
@@ -136,9 +161,18 @@ def _print_human(info: dict[str, Any]) -> None:
     backbone, strategy = info["backbone"], info["strategy"]
     if "checkpoint" in info:
         print(f"checkpoint      {info['checkpoint']}")
-        print(f"stored          {info['stored_tensors']} tensors, {_millions(info['stored_params'])} parameters")
-        for key, value in info["extra"].items():
-            print(f"{key:<15} {value}")
+        print(f"stored          {info['stored_tensors']} tensors ({info['lineage']['stored']}), "
+              f"{_millions(info['stored_params'])} parameters")
+        task, pre, lineage = info["task"], info["preprocessing"], info["lineage"]
+        print(f"format          {info['format_version']} (geoexplora {info['geoexplora_version'] or 'unknown'})")
+        print(f"task            {task['kind']}" + "".join(f", {k} {v}" for k, v in task.items()
+                                                          if k != "kind" and v not in (None, {})))
+        print(f"preprocessing   {pre['normalization']}, {pre['window_size']} px windows")
+        if info["classes"]:
+            print("classes         " + ", ".join(f"{c['value']}={c['name']}" for c in info["classes"]))
+        for key in ("source_weights", "parent"):
+            if lineage[key] is not None:
+                print(f"{key.replace('_', ' '):<15} {lineage[key]['path']} (sha256 {str(lineage[key]['sha256'])[:12]})")
         if info["band_statistics"]:
             print(f"band statistics {', '.join(info['band_statistics'])}")
     print(f"backbone        {backbone['model']} (weights: {backbone['weights'] or 'random init'})")

@@ -11,8 +11,6 @@ import json
 import os
 from pathlib import Path
 
-from geoexplora.data import GeoRasterDataset, compute_band_statistics
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("stats", help="per-band mean, std and 2-98 percentiles of rasters")
@@ -34,6 +32,8 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geoexplora.data import GeoRasterDataset, compute_band_statistics  # heavy: only when running
+
     dataset = GeoRasterDataset(args.raster, bands=_names(args.bands), band_names=_names(args.band_names),
                                nodata=args.nodata)
     stats = compute_band_statistics(dataset, num_windows=args.windows, window_size=args.window_size,

@@ -25,7 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -55,7 +55,8 @@ from geoexplora.inference.predict import SourceInfo, check_output, check_raster
 from geoexplora.inference.reader import WindowReader
 from geoexplora.inference.windows import TileWindow, WindowGrid
 from geoexplora.inference.writer import BlockWriter, OutputSpec
-from geoexplora.models import BackboneConfig, create_backbone, load_checkpoint, read_checkpoint_config
+from geoexplora.models import BackboneConfig, GeoModel, create_backbone, load_model
+from geoexplora.models.lineage import SearchDirs
 
 logger = logging.getLogger(__name__)
 
@@ -90,31 +91,43 @@ class Encoder:
         return int(self.backbone.patch_embed.patch_size[0])
 
 
-def load_encoder(checkpoint: str | Path) -> Encoder:
+def load_encoder(checkpoint: str | Path, *, weights_dir: SearchDirs = None, allow_download: bool = False) -> Encoder:
     """The (adapted) backbone of a pretrain or fine-tuning checkpoint, with its band statistics.
 
-    Raises:
-        GeoExploraError: for a folder that is missing or holds no loadable encoder (no config, a config
-            without backbone, missing or mismatched ``model.safetensors``).
-    """
-    directory = Path(checkpoint)
-    if not directory.is_dir():
-        raise GeoExploraError(f"{directory}: no such checkpoint folder")
-    try:
-        config = read_checkpoint_config(directory)
-        task = config["extra"].get("task")
-        if task in (None, "pretrain"):
-            backbone, _ = load_checkpoint(directory)
-        else:
-            from geoexplora.tasks.finetune import load_finetuned  # Lightning: imported only when needed
+    Args:
+        checkpoint: the checkpoint folder, loaded with :func:`geoexplora.models.load_model`.
+        weights_dir, allow_download: as :func:`~geoexplora.models.load_model` takes them.
 
-            backbone = load_finetuned(directory)[0].model.backbone
+    Raises:
+        GeoExploraError: for a folder that is missing or holds no loadable encoder (no config, missing
+            sections, missing or changed source weights or parent, mismatched ``model.safetensors``).
+    """
+    try:
+        geomodel = load_model(checkpoint, weights_dir=weights_dir, allow_download=allow_download)
     except GeoExploraError as error:
-        raise GeoExploraError(f"{directory}: no encoder to embed with ({error})") from None
-    extra = config["extra"]
-    stats = extra.get("band_statistics")
-    return Encoder(backbone.eval(), config["backbone"], BandStatistics.from_dict(stats) if stats else None,
-                   extra.get("normalization") or "standardize")
+        raise GeoExploraError(f"{checkpoint}: no encoder to embed with ({error})") from None
+    return model_encoder(geomodel)
+
+
+def model_encoder(geomodel: GeoModel) -> Encoder:
+    """The encoder of a loaded checkpoint: its (adapted) backbone, bands, statistics and normalisation."""
+    preprocessing = geomodel.preprocessing
+    config = replace(geomodel.config.backbone, bands=list(preprocessing.model_bands))
+    return Encoder(geomodel.backbone.eval(), config, preprocessing.statistics, preprocessing.normalization)
+
+
+def embed_raster(
+    raster: str | Path | Sequence[str | Path], out: str | Path, model: GeoModel | str | Path, **options: object
+) -> EmbedSummary:
+    """Embed ``raster`` (one or several) into the GeoParquet ``out`` with a checkpoint's encoder.
+
+    ``model`` is a :class:`~geoexplora.models.GeoModel` or a checkpoint folder; ``tile`` defaults to the
+    window size it was trained on; the other options are :func:`embed_rasters`'.
+    """
+    geomodel = model if isinstance(model, GeoModel) else load_model(model)
+    options.setdefault("tile", geomodel.preprocessing.window_size)
+    rasters = [raster] if isinstance(raster, (str, Path)) else list(raster)
+    return embed_rasters(rasters, out, model_encoder(geomodel), **options)
 
 
 def build_encoder(model: str, bands: Sequence[str], weights: str | None = None) -> Encoder:

@@ -17,10 +17,10 @@ import os
 import resource
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import rasterio
@@ -37,6 +37,9 @@ from geoexplora.inference.blending import RowBlender
 from geoexplora.inference.reader import GDAL_CACHE_BYTES, Batch, WindowReader
 from geoexplora.inference.windows import TileWindow, WindowGrid
 from geoexplora.inference.writer import BlockWriter, OutputSpec
+
+if TYPE_CHECKING:
+    from geoexplora.models.checkpoint import ClassInfo
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +122,8 @@ def predict_raster(
     nodata_out: int | None = None,
     allow_no_crs: bool = False,
     prefetch: int = 2,
+    classes: Sequence[ClassInfo] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> PredictSummary:
     """Run ``model`` over every window of ``raster`` and write the class map to ``out`` as a COG.
 
@@ -143,7 +148,8 @@ def predict_raster(
         batch_size: windows per forward pass.
         device: where batches are sent.
         normalize: float32 (n, C, tile, tile) with NaN at nodata pixels -> normalised (e.g. a
-            :class:`~geoexplora.data.stats.Normalizer`); NaNs left are set to 0.
+            :class:`~geoexplora.data.stats.Normalizer`, on ``device``); it runs on ``device`` after the
+            transfer; NaNs left are set to 0.
         bands: 1-based band indexes in model order (default: all bands).
         mode: ``"segmentation"`` or ``"classification"``.
         probabilities: optional K-band per-class probability COG with the class map's geometry, uint8
@@ -155,6 +161,11 @@ def predict_raster(
         nodata_out: class-map nodata (default 255, or 65535 for uint16); must not be a class id.
         allow_no_crs: accept a raster without CRS/transform and write pixel coordinates.
         prefetch: batches read ahead.
+        classes: what class index i means (K of them): the class map stores ``classes[i].value`` (default
+            i) and carries a GDAL colour table and ``class_<value>=<name>`` band metadata; probability
+            bands are described by class name.
+        tags: extra provenance metadata for every output (e.g. the checkpoint's sha256); the geoexplora
+            version, mode, tile and overlap are always written.
 
     Raises:
         GeoExploraError: before any work, for a missing/unreadable/truncated raster, a raster without
@@ -171,15 +182,20 @@ def predict_raster(
         raise GeoExploraError(f"mode {mode!r}: use 'segmentation' or 'classification'")
     if batch_size < 1:
         raise GeoExploraError(f"batch size {batch_size}: must be at least 1")
-    dtype, nodata = class_dtype(num_classes, nodata_out)
+    if classes is not None and len(classes) != num_classes:
+        raise GeoExploraError(f"{len(classes)} classes described for a model with {num_classes} classes")
+    values = [c.value for c in classes] if classes is not None else list(range(num_classes))
+    dtype, nodata = class_dtype(max(values) + 1, nodata_out)
     paths = [out] if probabilities is None else [out, Path(probabilities)]
     if len(set(paths)) != len(paths):
         raise GeoExploraError(f"{out}: the class map and the probabilities need different paths")
     for path in paths:
         check_output(path, overwrite, resume)
-    specs = output_specs(source, grid, mode, paths, num_classes, dtype, nodata)
+    specs = describe_outputs(output_specs(source, grid, mode, paths, num_classes, dtype, nodata), classes,
+                             {**(tags or {}), "mode": mode, "tile": str(tile), "overlap": str(overlap)})
+    lut = value_table(values, dtype, nodata)
     key = params_key(source, model, normalize, band_indexes, tile, overlap, batch_size, mode, num_classes,
-                     nodata, paths, allow_no_crs)
+                     nodata, paths, allow_no_crs, values)
     if isinstance(model, nn.Module):
         model.eval()
 
@@ -191,7 +207,7 @@ def predict_raster(
     sink = _SegmentationRows(grid, num_classes, dtype, nodata, probabilities is not None) if mode == "segmentation" \
         else _ClassificationRows(grid, num_classes, dtype, nodata, probabilities is not None)
     device = torch.device(device)
-    reader = WindowReader(raster, grid, band_indexes, batch_size, normalize,
+    reader = WindowReader(raster, grid, band_indexes, batch_size, None,
                           start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
                           pin_memory=device.type == "cuda")
     todo = len(grid) - first_row * grid.cols
@@ -201,7 +217,7 @@ def predict_raster(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=not progress) as bar:
             for batch in reader:
-                probs = _forward(model, batch, device, mode, num_classes, grid.tile)
+                probs = _forward(model, normalize, batch, device, mode, num_classes, grid.tile)
                 windows_with_data += len(batch.has_data)
                 by_window = dict(zip(batch.has_data, probs, strict=True))
                 for i, window in enumerate(batch.windows):
@@ -212,7 +228,7 @@ def predict_raster(
                     if window.col == grid.cols - 1:
                         row_start, block = sink.finish_row(window.row)
                         if window.row >= done:
-                            writer.put(window.row, row_start, block)
+                            writer.put(window.row, row_start, [lut[block[0]], *block[1:]])
         writer.finish()
     if windows_with_data == 0 and done == 0:
         logger.warning("%s: every pixel is nodata or NaN; %s is all nodata", raster, out)
@@ -315,6 +331,30 @@ def output_specs(
     return specs
 
 
+def describe_outputs(specs: list[OutputSpec], classes: Sequence[ClassInfo] | None,
+                     tags: Mapping[str, str]) -> list[OutputSpec]:
+    """The specs with provenance ``tags`` and, given ``classes``, the class map's colour table and class
+    names (band metadata ``class_<value>=<name>``) and the probabilities' bands named by class."""
+    from geoexplora import __version__
+
+    tags = {"geoexplora_version": __version__, **tags}
+    if classes is None:
+        return [replace(spec, tags=tags) for spec in specs]
+    class_map = replace(specs[0], tags=tags, colormap={c.value: c.color for c in classes},
+                        band_tags=({f"class_{c.value}": c.name for c in classes},))
+    probabilities = [replace(spec, tags=tags, descriptions=tuple(c.name for c in classes),
+                             band_tags=tuple({"class_value": str(c.value), "class_name": c.name} for c in classes))
+                     for spec in specs[1:]]
+    return [class_map, *probabilities]
+
+
+def value_table(values: Sequence[int], dtype: str, nodata: int) -> np.ndarray:
+    """Look-up table: class index i -> ``values[i]``, nodata -> nodata (indexed by the encoded class map)."""
+    table = np.arange(nodata + 1, dtype=dtype)
+    table[: len(values)] = values
+    return table
+
+
 def params_key(source: SourceInfo, model: object, normalize: object, *params: object) -> str:
     """sha256 of the input file's identity, the parameters, and the weights of ``nn.Module`` model/normaliser."""
     stat = source.path.stat()
@@ -329,14 +369,21 @@ def params_key(source: SourceInfo, model: object, normalize: object, *params: ob
     return digest.hexdigest()
 
 
-def _forward(model: Callable[[Tensor], Tensor], batch: Batch, device: torch.device, mode: Mode,
-             num_classes: int, tile: int) -> np.ndarray:
-    """float32 softmax probabilities of the batch's windows with data: (n, K, tile, tile) or (n, K)."""
+def _forward(model: Callable[[Tensor], Tensor], normalize: Callable[[Tensor], Tensor] | None, batch: Batch,
+             device: torch.device, mode: Mode, num_classes: int, tile: int) -> np.ndarray:
+    """float32 softmax probabilities of the batch's windows with data: (n, K, tile, tile) or (n, K).
+
+    The batch is normalised on ``device``, after the transfer, with NaN at its invalid pixels.
+    """
     n = len(batch.has_data)
     expected = (n, num_classes, tile, tile) if mode == "segmentation" else (n, num_classes)
     if n == 0:
         return np.empty(expected, dtype=np.float32)
-    logits = model(batch.images.to(device, non_blocking=True))
+    images = batch.images.to(device, non_blocking=True)
+    if normalize is not None:
+        invalid = torch.from_numpy(batch.invalid[batch.has_data]).to(device)
+        images = torch.nan_to_num(normalize(images.masked_fill(invalid[:, None], float("nan"))), nan=0.0)
+    logits = model(images)
     if tuple(logits.shape) != expected:
         raise GeoExploraError(
             f"model output has shape {tuple(logits.shape)}; {mode} with {num_classes} classes needs {expected}"

@@ -7,7 +7,7 @@ from overviews when the file has them, as the COG outputs do), so a preview of a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -32,7 +32,8 @@ def write_preview(
     *,
     out: Path | None = None,
     rgb_bands: Sequence[int] = (1, 2, 3),
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
     max_size: int = 1024,
     alpha: float = 0.5,
 ) -> Path:
@@ -43,7 +44,8 @@ def write_preview(
         raster: the input scene for the background (None: classes alone).
         out: PNG path (default :func:`preview_path`); written under a temporary name then renamed.
         rgb_bands: 1-based red, green, blue band indexes of ``raster`` (one index gives grey).
-        class_names: legend labels by class id (default ``class i``).
+        class_names: legend labels by raster value (a sequence labels values 0..n-1; default ``class i``).
+        colors: 8-bit RGB by raster value (default a tab10/tab20/turbo palette over the classes).
         max_size: long side of the rendering, pixels.
         alpha: opacity of the classes over the background.
     """
@@ -54,9 +56,15 @@ def write_preview(
         classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
         nodata, bounds = src.nodata, src.bounds
     valid = classes != nodata if nodata is not None else np.ones(classes.shape, dtype=bool)
-    num_classes = len(class_names) if class_names is not None else int(classes[valid].max(initial=0)) + 1
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
-    palette = _palette(num_classes)
+    if class_names is None:
+        class_names = [f"class {i}" for i in range(int(classes[valid].max(initial=0)) + 1)]
+    by_value = dict(class_names) if isinstance(class_names, Mapping) else dict(enumerate(class_names))
+    values = sorted(by_value)
+    names = [by_value[v] for v in values]
+    num_classes = len(values)
+    palette = [(*(c / 255 for c in colors[v]), 1.0) for v in values] if colors is not None else _palette(num_classes)
+    valid &= np.isin(classes, values)
+    classes = np.searchsorted(values, classes)  # raster value -> position in the legend
     extent = (bounds.left, bounds.right, bounds.bottom, bounds.top)
 
     # A bare Figure (no pyplot): drawing a preview never switches the caller's backend (e.g. a notebook's).

@@ -8,7 +8,7 @@ raster CRS's units squared (square degrees for a geographic CRS: reproject first
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -25,7 +25,7 @@ VECTOR_SUFFIXES = {".gpkg": "GPKG", ".parquet": "parquet", ".geoparquet": "parqu
 def vectorize_classes(
     class_map: Path,
     *,
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
     min_area: float = 0.0,
     simplify: float = 0.0,
 ) -> gpd.GeoDataFrame:
@@ -33,7 +33,9 @@ def vectorize_classes(
 
     Args:
         class_map: single-band integer raster (e.g. the output of :func:`predict_raster`).
-        class_names: name of class id ``i`` at index ``i``; adds a ``class_name`` column.
+        class_names: raster value -> class name (a sequence names values 0..n-1); adds a ``class_name``
+            column. Class maps from a checkpoint store its classes' label values, so ``class_id`` is the
+            raster value and ``class_name`` its name.
         min_area: drop polygons smaller than this, in map units squared.
         simplify: Douglas-Peucker tolerance in map units (topology preserved per polygon); 0 keeps
             the pixel outlines.
@@ -63,10 +65,11 @@ def vectorize_classes(
     if min_area > 0:
         frame = frame[frame["area"] >= min_area].reset_index(drop=True)
     if class_names is not None:
-        unnamed = sorted(set(frame["class_id"]) - set(range(len(class_names))))
+        names = dict(class_names) if isinstance(class_names, Mapping) else dict(enumerate(class_names))
+        unnamed = sorted(set(frame["class_id"]) - set(names))
         if unnamed:
-            raise GeoExploraError(f"{class_map}: class id {unnamed[0]} has no name ({len(class_names)} names given)")
-        frame.insert(1, "class_name", [class_names[i] for i in frame["class_id"]])
+            raise GeoExploraError(f"{class_map}: class id {unnamed[0]} has no name ({len(names)} names given)")
+        frame.insert(1, "class_name", [names[i] for i in frame["class_id"]])
     return frame
 
 

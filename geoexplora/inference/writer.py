@@ -21,7 +21,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +61,9 @@ class OutputSpec:
         transform: pixel-to-map affine transform.
         scales: per-band scale written as metadata (value * scale = physical value), or None.
         descriptions: per-band descriptions, or None.
+        colormap: GDAL colour table of band 1, pixel value -> (r, g, b), or None.
+        tags: dataset metadata (default domain), or None.
+        band_tags: per-band metadata, or None.
     """
 
     path: Path
@@ -73,6 +76,9 @@ class OutputSpec:
     transform: Affine
     scales: tuple[float, ...] | None = None
     descriptions: tuple[str, ...] | None = field(default=None)
+    colormap: Mapping[int, tuple[int, int, int]] | None = None
+    tags: Mapping[str, str] | None = None
+    band_tags: tuple[Mapping[str, str], ...] | None = None
 
     @property
     def partial(self) -> Path:
@@ -162,6 +168,12 @@ class BlockWriter:
                 dst.scales = spec.scales
             if spec.descriptions is not None:
                 dst.descriptions = spec.descriptions
+            if spec.colormap is not None:
+                dst.write_colormap(1, {value: (*rgb, 255) for value, rgb in spec.colormap.items()})
+            if spec.tags is not None:
+                dst.update_tags(**spec.tags)
+            for band, tags in enumerate(spec.band_tags or (), start=1):
+                dst.update_tags(band, **tags)
 
     def _resume_point(self) -> int:
         if not self.state_path.exists():

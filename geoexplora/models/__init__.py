@@ -1,8 +1,20 @@
 """Models: spectral/group/temporal patch embeddings, the timm ViT backbone factory, adaptation strategies,
-parameter reports and adapter-only checkpoints. Knows nothing of rasters."""
+parameter reports, typed checkpoints, :func:`load_model` and :func:`export_checkpoint`. Knows nothing of
+rasters (band statistics are plain numbers keyed by band name)."""
 
 from geoexplora.models.backbone import BackboneConfig, create_backbone, read_state_dict
-from geoexplora.models.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from geoexplora.models.checkpoint import (
+    CheckpointConfig,
+    ClassInfo,
+    Preprocessing,
+    TaskConfig,
+    make_classes,
+    read_checkpoint,
+    save_checkpoint,
+)
+from geoexplora.models.lineage import Lineage, make_lineage
+from geoexplora.models.export import export_checkpoint, export_onnx
+from geoexplora.models.geomodel import GeoModel, build_task_model, load_model
 from geoexplora.models.params import ParamReport, parameter_report
 from geoexplora.models.patch_embed import (
     GroupPatchEmbed,
@@ -26,6 +38,19 @@ from geoexplora.models.strategies import (
 
 __all__ = [
     "BackboneConfig",
+    "CheckpointConfig",
+    "ClassInfo",
+    "GeoModel",
+    "Lineage",
+    "Preprocessing",
+    "TaskConfig",
+    "build_task_model",
+    "export_checkpoint",
+    "export_onnx",
+    "load_model",
+    "make_classes",
+    "make_lineage",
+    "read_checkpoint",
     "GroupPatchEmbed",
     "ParamReport",
     "QKVLinear",
@@ -39,11 +64,9 @@ __all__ = [
     "export_merged_state_dict",
     "fuse_qkv",
     "list_strategies",
-    "load_checkpoint",
     "merge_lora",
     "merge_rlrr",
     "parameter_report",
-    "read_checkpoint_config",
     "read_state_dict",
     "register_strategy",
     "save_checkpoint",

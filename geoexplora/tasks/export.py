@@ -2,7 +2,7 @@
 
 Lightning's own ``.ckpt`` files hold optimiser state for ``--resume`` and are only ever read back by the
 run that wrote them. What users keep, share and load into ``finetune``/``predict``/``info`` is the
-adapter-only geoexplora checkpoint written here.
+typed geoexplora checkpoint written here (format 2, see :mod:`geoexplora.models.checkpoint`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import lightning as L
 from torch import nn
 
-from geoexplora.models import save_checkpoint
+from geoexplora.models import CheckpointConfig, save_checkpoint
 
 
 class ExportableTask(Protocol):
@@ -22,8 +22,8 @@ class ExportableTask(Protocol):
     def export_model(self) -> nn.Module:
         """The module whose trainable parameters make up the checkpoint (backbone, or backbone + head)."""
 
-    def export_config(self) -> dict[str, Any]:
-        """``{"backbone": ..., "strategy": ..., "extra": {...}}`` as :func:`save_checkpoint` takes it."""
+    def export_config(self) -> CheckpointConfig:
+        """The checkpoint's typed sections, as :func:`save_checkpoint` takes them."""
 
 
 class ExportCheckpoint(L.Callback):

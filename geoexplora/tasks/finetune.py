@@ -5,15 +5,15 @@ the loss is cross-entropy (``ignore_index`` skipped) or binary cross-entropy (mu
 torchmetrics ``MetricCollection`` per task is cloned per split. Classes, band statistics and
 normalisation come from the data module at ``setup`` unless given, and go into the exported checkpoint.
 
-An ``init_checkpoint`` (e.g. an ExPLoRA pre-training run) is rebuilt from its config, its LoRA merged into
-plain weights, and the fine-tuning strategy (published: ``lora`` rank 8) applied on top of that.
+An ``init_checkpoint`` (e.g. an ExPLoRA pre-training run) is rebuilt from its config, its adapters folded
+into plain weights, and the fine-tuning strategy (published: ``lora`` rank 8) applied on top of that; the
+exported checkpoint records that parent (path and sha256) in its lineage. Loading a checkpoint for
+inference needs no Lightning: :func:`geoexplora.models.load_model`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -31,16 +31,12 @@ from torchmetrics.classification import (
 )
 
 from geoexplora.errors import GeoExploraError
-from geoexplora.models import (
-    BackboneConfig,
-    create_backbone,
-    create_strategy,
-    export_merged_state_dict,
-    load_checkpoint,
-    read_checkpoint_config,
-)
-from geoexplora.models.checkpoint import load_trained_tensors
-from geoexplora.models.heads import SupervisedModel, create_head, segmentation_feature_blocks
+from geoexplora.data.stats import BandStatistics
+from geoexplora.models import BackboneConfig, create_backbone, create_strategy
+from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig, make_classes, read_checkpoint
+from geoexplora.models.geomodel import build_task_model, load_merged_backbone, source_backbone
+from geoexplora.models.heads import SupervisedModel
+from geoexplora.models.lineage import make_lineage
 
 Task = Literal["classification", "multilabel", "segmentation"]
 TASKS = ("classification", "multilabel", "segmentation")
@@ -74,18 +70,6 @@ def task_metrics(task: str, num_classes: int, ignore_index: int) -> MetricCollec
     return MetricCollection(metrics)
 
 
-def merged_pretrained_backbone(directory: str | Path) -> tuple[nn.Module, BackboneConfig]:
-    """A plain backbone (no adapters) with a pre-training checkpoint's adapters merged into its weights."""
-    adapted, config = load_checkpoint(directory)
-    backbone_config = config["backbone"]
-    plain = create_backbone(replace(backbone_config, weights=None))
-    try:
-        plain.load_state_dict(export_merged_state_dict(adapted), strict=True)
-    except RuntimeError as e:
-        raise GeoExploraError(f"{directory}: checkpoint holds more than a backbone ({str(e).splitlines()[0]})") from None
-    return plain, backbone_config
-
-
 class FinetuneTask(L.LightningModule):
     """Fine-tune an adapted ViT with a new head for classification, multi-label or segmentation.
 
@@ -95,11 +79,13 @@ class FinetuneTask(L.LightningModule):
         backbone: the backbone (timm model, source weights, bands); with ``init_checkpoint`` it may be
             omitted, and when given its model and bands must match the checkpoint's.
         init_checkpoint: a geoexplora checkpoint folder (e.g. ExPLoRA pre-training) to start from: its
-            adapters are merged into the weights before ``strategy`` is applied. The folder must stay
-            available: fine-tuned checkpoints refer to it.
+            adapters are merged into the weights before ``strategy`` is applied. Fine-tuned checkpoints
+            refer to it by path and sha256 (``geoexplora export`` makes a copy that does not).
         strategy: adaptation strategy (``lora``, ``linear``, ``full``, ``block-expansion``, ``rlrr``, ...).
         strategy_options: the strategy's options, e.g. ``{lora_rank: 8}``.
         classes: class names; default: the data module's.
+        class_colors: one colour per class (``"#rrggbb"`` or ``[r, g, b]``), written into the checkpoint and
+            the class maps; default a fixed palette.
         pool: classification pooling, ``cls`` token or ``mean`` of the patch tokens.
         segmentation_head: ``linear`` (last block, per patch) or ``progressive`` (several blocks).
         feature_blocks: blocks feeding the segmentation head; default the last (linear) or 4 evenly spaced.
@@ -117,6 +103,7 @@ class FinetuneTask(L.LightningModule):
         strategy: str = "lora",
         strategy_options: dict[str, Any] | None = None,
         classes: list[str] | None = None,
+        class_colors: list[str | list[int]] | None = None,
         pool: Literal["cls", "mean"] = "cls",
         segmentation_head: Literal["linear", "progressive"] = "progressive",
         feature_blocks: list[int] | None = None,
@@ -139,7 +126,11 @@ class FinetuneTask(L.LightningModule):
         self.lr, self.weight_decay, self.ignore_index = lr, weight_decay, ignore_index
         self.band_statistics: dict[str, Any] | None = None
         self.normalization: str | None = None
+        self.window_size = self.backbone_config.img_size
+        self.file_bands: list[str] | None = None
         self.classes: list[str] | None = None
+        self.class_values: list[int] | None = None
+        self.class_colors = class_colors
         self.model: SupervisedModel | None = None
         if classes is not None:
             self.build_head(classes)
@@ -150,31 +141,22 @@ class FinetuneTask(L.LightningModule):
             if config is None:
                 raise GeoExploraError("fine-tuning needs a backbone config or an init_checkpoint")
             return config, create_backbone(config)
-        source = read_checkpoint_config(init_checkpoint)["backbone"]
+        parent = read_checkpoint(init_checkpoint)
+        source = parent.backbone
         if config is not None and (config.model, config.bands) != (source.model, source.bands):
             raise GeoExploraError(
                 f"{init_checkpoint}: checkpoint backbone {source.model} on bands {source.bands} does not match "
                 f"the configured {config.model} on bands {config.bands}"
             )
-        backbone, source = merged_pretrained_backbone(init_checkpoint)
-        return source, backbone
+        backbone, _ = load_merged_backbone(init_checkpoint)
+        return source_backbone(init_checkpoint, parent), backbone
 
     def build_head(self, classes: list[str]) -> None:
         """Create the head for ``classes`` and the metrics (once)."""
         if len(classes) < 2 and self.task != "multilabel":
             raise GeoExploraError(f"a {self.task} task needs at least 2 classes, got {classes}")
         self.classes = list(classes)
-        options = self.head_options
-        depth = len(self.backbone.blocks)
-        blocks = segmentation_feature_blocks(depth, options["segmentation_head"], options["feature_blocks"])
-        if self.task == "segmentation":
-            options["feature_blocks"] = blocks
-        head = create_head(
-            self.task, self.backbone.embed_dim, len(classes), self.backbone.num_prefix_tokens,
-            pool=options["pool"], segmentation_head=options["segmentation_head"], num_levels=len(blocks),
-            channels=options["decoder_channels"],
-        )
-        self.model = SupervisedModel(self.backbone, head, blocks)
+        self.model = build_task_model(self.backbone, TaskConfig(self.task, self.head_options), len(classes))
         metrics = task_metrics(self.task, len(classes), self.ignore_index)
         self.metrics = nn.ModuleDict({f"{split}_metrics": metrics.clone() for split in SPLITS})
 
@@ -193,11 +175,17 @@ class FinetuneTask(L.LightningModule):
             raise GeoExploraError(f"data has {len(data.classes)} classes {list(data.classes)}, "
                                   f"more than the head's {len(self.classes)} {self.classes}")
         if self.init_checkpoint is not None:
-            pretrained = read_checkpoint_config(self.init_checkpoint)["extra"].get("band_statistics")
-            if pretrained is not None:
-                data.adopt_band_statistics(pretrained)
+            pretrained = read_checkpoint(self.init_checkpoint).preprocessing
+            if pretrained.statistics is not None:
+                data.adopt_band_statistics(pretrained.statistics.to_dict(), pretrained.normalization)
         self.band_statistics = data.band_statistics.to_dict()
         self.normalization = data.normalization
+        values = getattr(data, "class_values", None)
+        self.class_values = [int(v) for v in values] if values is not None and len(values) == len(self.classes) else None
+        options = getattr(data, "options", {})
+        if options.get("image") is not None:
+            self.window_size = int(options["window_size"])
+        self.file_bands = list(options["band_names"]) if options.get("band_names") else None
 
     def forward(self, image: Tensor) -> Tensor:
         return self.model(image)
@@ -254,35 +242,15 @@ class FinetuneTask(L.LightningModule):
     def export_model(self) -> nn.Module:
         return self.model
 
-    def export_config(self) -> dict[str, Any]:
-        return {
-            "backbone": self.backbone_config,
-            "strategy": self.strategy_config,
-            "extra": {
-                "task": self.task,
-                "classes": self.classes,
-                "band_statistics": self.band_statistics,
-                "normalization": self.normalization,
-                "ignore_index": self.ignore_index,
-                "head": self.head_options,
-                "init_checkpoint": None if self.init_checkpoint is None else str(Path(self.init_checkpoint).resolve()),
-            },
-        }
-
-
-def load_finetuned(directory: str | Path) -> tuple[FinetuneTask, dict[str, Any]]:
-    """Rebuild a fine-tuned task from its checkpoint (strict tensor check), in eval mode."""
-    config = read_checkpoint_config(directory)
-    extra = config["extra"]
-    if extra.get("task") not in TASKS:
-        raise GeoExploraError(f"{directory}: not a fine-tuning checkpoint (task {extra.get('task')!r})")
-    strategy = config["strategy"].to_dict()
-    task = FinetuneTask(
-        task=extra["task"], backbone=config["backbone"], init_checkpoint=extra.get("init_checkpoint"),
-        strategy=strategy.pop("name"), strategy_options=strategy, classes=extra["classes"],
-        ignore_index=extra.get("ignore_index", 255),
-        **{k: v for k, v in extra["head"].items()},
-    )
-    load_trained_tensors(directory, task.model)
-    task.band_statistics, task.normalization = extra.get("band_statistics"), extra.get("normalization")
-    return task.eval(), config
+    def export_config(self) -> CheckpointConfig:
+        """The checkpoint's sections: task and head, preprocessing, classes and lineage (parent, weights)."""
+        stats = None if self.band_statistics is None else BandStatistics.from_dict(self.band_statistics)
+        return CheckpointConfig(
+            backbone=self.backbone_config,
+            strategy=self.strategy_config,
+            task=TaskConfig(self.task, dict(self.head_options), self.ignore_index, steps=int(self.global_step)),
+            preprocessing=Preprocessing(tuple(self.backbone_config.bands), stats, self.normalization or "standardize",
+                                        self.window_size, None if self.file_bands is None else tuple(self.file_bands)),
+            classes=make_classes(self.classes, self.class_values, self.class_colors),
+            lineage=make_lineage(self.backbone_config, self.init_checkpoint),
+        )

@@ -201,14 +201,16 @@ class LabelledRasterDataModule(L.LightningDataModule):
             self._setup_raster()
         self.normalizer = Normalizer(self.band_statistics, self.band_names, self.normalization)
 
-    def adopt_band_statistics(self, stats: dict[str, Any]) -> None:
-        """Normalise with ``stats`` (a pre-training checkpoint's) unless the recipe gave ``band_statistics``.
+    def adopt_band_statistics(self, stats: dict[str, Any], normalization: str | None = None) -> None:
+        """Normalise with ``stats`` and ``normalization`` (a pre-training checkpoint's) unless the recipe gave
+        ``band_statistics``.
 
-        The encoder was pre-trained on inputs normalised with those statistics; fine-tuning keeps them.
+        The encoder was pre-trained on inputs normalised that way; fine-tuning keeps it.
         Call after :meth:`setup`, before the data loaders run.
         """
         if self.options["band_statistics"] is None:
             self.band_statistics = BandStatistics.from_dict(stats)
+            self.normalization = normalization or self.normalization
             self.normalizer = Normalizer(self.band_statistics, self.band_names, self.normalization)
 
     def _statistics(self, compute: Any) -> BandStatistics:

@@ -36,6 +36,8 @@ from geoexplora.bands import rgb_role
 from geoexplora.data import BandStatistics, Normalizer
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy, parameter_report, read_state_dict
+from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig
+from geoexplora.models.lineage import make_lineage
 from geoexplora.models.ssl import DINOv2Objective, DINOv2Options, MAEObjective, MAEOptions
 from geoexplora.tasks.learning_monitor import LearningMonitor
 from geoexplora.transforms import MAEAugmentation, MultiCropAugmentation
@@ -232,21 +234,20 @@ class PretrainTask(L.LightningModule):
                     p.copy_(ema[f"backbone.{name}"])
         return teacher
 
-    def export_config(self) -> dict[str, Any]:
+    def export_config(self) -> CheckpointConfig:
+        """The checkpoint's sections: a ``pretrain`` task with the objective's options and which network was
+        exported, the normalisation trained with, the source weights."""
         options = asdict(self.dinov2_options) if self.objective_name == "dinov2" else asdict(self.mae_options)
-        return {
-            "backbone": self.backbone_config.to_dict(),
-            "strategy": self.strategy_config.to_dict(),
-            "extra": {
-                "task": "pretrain",
-                "objective": self.objective_name,
-                "objective_options": options,
-                "exported": self.export if self.objective_name == "dinov2" else "student",
-                "band_statistics": self.statistics.to_dict(),
-                "normalization": self.normalizer.mode,
-                "steps": int(self.global_step),
-            },
-        }
+        options["export"] = self.export if self.objective_name == "dinov2" else "student"
+        return CheckpointConfig(
+            backbone=self.backbone_config,
+            strategy=self.strategy_config,
+            task=TaskConfig("pretrain", objective=self.objective_name, steps=int(self.global_step),
+                            objective_options=options),
+            preprocessing=Preprocessing(tuple(self.backbone_config.bands), self.statistics, self.normalizer.mode,
+                                        self.backbone_config.img_size),
+            lineage=make_lineage(self.backbone_config),
+        )
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [LearningMonitor(self.monitor_every_n_steps, patience=self.collapse_patience)]

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from safetensors.torch import save_file
 
 from geoexplora.cli import main
-from geoexplora.models import BackboneConfig, create_backbone, create_strategy, save_checkpoint
+from geoexplora.models import (
+    BackboneConfig,
+    CheckpointConfig,
+    Preprocessing,
+    TaskConfig,
+    create_backbone,
+    create_strategy,
+    save_checkpoint,
+)
 
 TINY = dict(model="vit_base_patch16_224", embed_dim=64, depth=4, num_heads=4, patch_size=8, img_size=32)
 
@@ -51,11 +62,19 @@ def test_human_output_names_groups(capsys):
 def test_checkpoint_info_shows_what_was_trained(tmp_path, capsys):
     cfg = BackboneConfig(**TINY, bands=["B1", "B2"])
     strategy = create_strategy("explora", lora_rank=4)
+    weights = tmp_path / "source.safetensors"
+    save_file(create_backbone(BackboneConfig(**TINY)).state_dict(), weights)
+    cfg = replace(cfg, weights=str(weights))
     save_checkpoint(tmp_path / "ckpt", strategy.apply(create_backbone(cfg)),
-                    {"backbone": cfg, "strategy": strategy, "extra": {"task": "pretrain"}})
+                    CheckpointConfig(cfg, strategy, TaskConfig("pretrain"), Preprocessing(("B1", "B2"), None)))
     info = _info_json(capsys, "--checkpoint", str(tmp_path / "ckpt"))
     assert info["stored_params"] == info["trainable_params"] > 0
-    assert info["extra"]["task"] == "pretrain" and info["strategy"]["lora_rank"] == 4
+    assert info["task"]["kind"] == "pretrain" and info["strategy"]["lora_rank"] == 4
+    assert info["format_version"] == 2 and info["lineage"]["stored"] == "trained"
+    assert info["lineage"]["source_weights"]["path"] == "../source.safetensors"
+    assert main(["info", "--checkpoint", str(tmp_path / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert "source weights  ../source.safetensors (sha256" in out and "task            pretrain" in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -68,3 +87,11 @@ def test_bad_input_is_one_line_error(capsys, args, message):
     assert main(["info", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_format1_checkpoint_info_reads_its_sections(capsys):
+    fixture = Path(__file__).parents[1] / "models" / "fixtures" / "format1" / "segmentation"
+    info = _info_json(capsys, "--checkpoint", str(fixture))
+    assert info["format_version"] == 1 and info["task"]["kind"] == "segmentation"
+    assert [c["name"] for c in info["classes"]] == ["water", "forest", "urban"]
+    assert info["lineage"]["parent"]["path"] == "/home/user/runs/pretrain" and info["lineage"]["parent"]["sha256"] is None

@@ -24,7 +24,15 @@ from geoexplora.data.stats import band_statistics_from_pixels
 from geoexplora.errors import GeoExploraError
 from geoexplora.explore import load_embeddings, nearest
 from geoexplora.inference.embed import Encoder, embed_rasters
-from geoexplora.models import BackboneConfig, create_backbone, create_strategy, save_checkpoint
+from geoexplora.models import (
+    BackboneConfig,
+    CheckpointConfig,
+    Preprocessing,
+    TaskConfig,
+    create_backbone,
+    create_strategy,
+    save_checkpoint,
+)
 
 BANDS = ["B1", "B2", "B3", "B4"]
 WIDTH, HEIGHT, PATCH, DIM = 100, 80, 8, 64
@@ -194,9 +202,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Pa
     backbone.load_state_dict(encoder.backbone.state_dict())
     strategy = create_strategy("full")
     model = strategy.apply(backbone)
-    extra = {"task": "pretrain", "band_statistics": encoder.statistics.to_dict(), "normalization": "standardize"}
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", model,
-                           {"backbone": tiny_config(), "strategy": strategy, "extra": extra})
+    config = CheckpointConfig(tiny_config(), strategy, TaskConfig("pretrain"),
+                              Preprocessing(tuple(tiny_config().bands), encoder.statistics, "standardize", 32))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "ckpt", model, config)
 
 
 def test_cli_checkpoint(cli, scene: Path, checkpoint: Path, encoder: Encoder, tmp_path: Path,

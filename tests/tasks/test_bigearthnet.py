@@ -91,6 +91,6 @@ def test_recipe_runs_on_stacked_patches(source: Path, tmp_path: Path) -> None:
     assert main(["--config", str(recipe), "--out", str(out), "--trainer.max_steps", "2"]) == 0
     saved = json.loads((out / "checkpoint" / "config.json").read_text())
     expected = sorted({n for r in read_rows(csv_path) for n in r["label"].split(";")})
-    assert saved["extra"]["task"] == "multilabel"
-    assert saved["extra"]["classes"] == expected and len(expected) == 9
+    assert saved["task"]["kind"] == "multilabel"
+    assert [c["name"] for c in saved["classes"]] == expected and len(expected) == 9
     assert saved["backbone"]["bands"] == list(BIGEARTHNET_BANDS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,20 @@ import yaml
 from safetensors.torch import save_file
 
 import fake_rasters
+from geoexplora.data.stats import BandStatistics
 from geoexplora.errors import GeoExploraError
-from geoexplora.models import BackboneConfig, create_backbone, create_strategy, save_checkpoint
-from geoexplora.tasks.finetune import FinetuneTask, load_finetuned
+from geoexplora.models import (
+    BackboneConfig,
+    CheckpointConfig,
+    Preprocessing,
+    TaskConfig,
+    create_backbone,
+    create_strategy,
+    load_model,
+    save_checkpoint,
+)
+from geoexplora.models.lineage import checkpoint_sha256
+from geoexplora.tasks.finetune import FinetuneTask
 from geoexplora.tasks.finetune_data import LabelledRasterDataModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,10 +74,11 @@ def test_segmentation_strategies_run_and_reload(data: dict[str, Path], tmp_path:
     config = recipe(data, "tiny-finetune-segmentation.yaml", strategy=strategy, strategy_options={})
     assert finetune(config, tmp_path) == 0
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
-    assert saved["strategy"]["name"] == strategy and saved["extra"]["task"] == "segmentation"
-    assert saved["extra"]["classes"] == ["0", "1", "2"]
-    task, _ = load_finetuned(tmp_path / "checkpoint")
-    assert task(torch.randn(1, 4, 32, 32)).shape == (1, 3, 32, 32)
+    assert saved["strategy"]["name"] == strategy and saved["task"]["kind"] == "segmentation"
+    assert [(c["value"], c["name"]) for c in saved["classes"]] == [(0, "0"), (1, "1"), (2, "2")]
+    assert saved["lineage"]["source_weights"]["path"] == os.path.relpath(data["weights"], tmp_path / "checkpoint")
+    model = load_model(tmp_path / "checkpoint")
+    assert model.model(torch.randn(1, 4, 32, 32)).shape == (1, 3, 32, 32)
 
 
 def test_classification_and_evaluate_cli(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -109,8 +123,8 @@ def test_init_checkpoint_is_merged_then_lora(data: dict[str, Path], tmp_path: Pa
         for name, p in pretrained.named_parameters():
             if "lora_B" in name or name.startswith("blocks.3."):
                 p.add_(0.05)
-    save_checkpoint(tmp_path / "pre", pretrained, {"backbone": cfg, "strategy": create_strategy("explora", lora_rank=4),
-                                                   "extra": {"task": "pretrain"}})
+    save_checkpoint(tmp_path / "pre", pretrained, CheckpointConfig(cfg, create_strategy("explora", lora_rank=4),
+                                                                   TaskConfig("pretrain"), Preprocessing(tuple(BANDS), None)))
     task = FinetuneTask(task="classification", init_checkpoint=str(tmp_path / "pre"), classes=["x", "y"])
     x = torch.randn(2, 4, 32, 32)
     pretrained.eval()
@@ -175,8 +189,19 @@ def test_finetune_keeps_the_pretraining_band_statistics(data: dict[str, Path], t
     stats = {"bands": {b: {"mean": 100.0 * i, "std": 7.0, "p2": 1.0, "p98": 2.0} for i, b in enumerate(BANDS)},
              "num_pixels": 1, "num_windows": 1, "skipped_windows": 0}
     save_checkpoint(tmp_path / "pre", strategy.apply(create_backbone(cfg)),
-                    {"backbone": cfg, "strategy": strategy, "extra": {"task": "pretrain", "band_statistics": stats}})
+                    CheckpointConfig(cfg, strategy, TaskConfig("pretrain"),
+                                     Preprocessing(tuple(BANDS), BandStatistics.from_dict(stats), "percentile")))
     config = recipe(data, "tiny-finetune-segmentation.yaml", init_checkpoint=str(tmp_path / "pre"))
     assert finetune(config, tmp_path / "run") == 0
     saved = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())
-    assert saved["extra"]["band_statistics"] == stats
+    assert saved["preprocessing"]["statistics"] == stats and saved["preprocessing"]["normalization"] == "percentile"
+    assert saved["lineage"]["parent"] == {"path": "../../pre", "sha256": checkpoint_sha256(tmp_path / "pre"),
+                                          "size": None}
+    moved = tmp_path / "moved"  # the run and its parent moved together; the source weights found by name
+    shutil.copytree(tmp_path / "run" / "checkpoint", moved / "run" / "checkpoint")
+    shutil.copytree(tmp_path / "pre", moved / "pre")
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        expected = load_model(tmp_path / "run" / "checkpoint").model(x)
+        assert torch.equal(load_model(moved / "run" / "checkpoint", weights_dir=data["weights"].parent).model(x),
+                           expected)

@@ -13,7 +13,7 @@ import fake_rasters
 from geoexplora.cli.pretrain import main
 from geoexplora.data import BandStat, BandStatistics
 from geoexplora.errors import GeoExploraError
-from geoexplora.models import BackboneConfig, load_checkpoint
+from geoexplora.models import BackboneConfig, load_model
 from geoexplora.models.ssl import DINOv2Options, MAEOptions
 from geoexplora.tasks.learning_monitor import LearningMonitor
 from geoexplora.tasks.pretrain import PretrainTask
@@ -48,14 +48,18 @@ def trained_names(run_dir: Path) -> set[str]:
 
 
 def check_checkpoint(run_dir: Path, objective: str) -> None:
-    """The export loads strictly and holds exactly the backbone's trainable tensors, a minority of them."""
-    model, config = load_checkpoint(run_dir / "checkpoint")
+    """The export loads strictly; over a random base (``weights: null``) it holds every tensor, else exactly
+    the backbone's trainable tensors, a minority of them."""
+    loaded = load_model(run_dir / "checkpoint")
+    model, config = loaded.model, loaded.config
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trained_names(run_dir) == trainable
+    stored = set(model.state_dict()) if config.backbone.weights is None else trainable
+    assert config.lineage.stored == ("full" if config.backbone.weights is None else "trained")
+    assert trained_names(run_dir) == stored
     assert any(".lora_" in n for n in trainable) and any(n.startswith("blocks.3.") for n in trainable)
     assert len(trainable) < len(list(model.parameters()))
-    assert config["extra"]["objective"] == objective and config["extra"]["task"] == "pretrain"
-    assert set(config["extra"]["band_statistics"]["bands"]) == set(config["backbone"].bands)
+    assert config.task.objective == objective and config.task.kind == "pretrain"
+    assert set(config.preprocessing.statistics.bands) == set(config.backbone.bands)
 
 
 @pytest.fixture(scope="module")

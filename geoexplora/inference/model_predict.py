@@ -1,0 +1,104 @@
+"""A loaded checkpoint (:class:`~geoexplora.models.GeoModel`) over a whole raster: what ``predict`` and
+``GeoModel.predict_raster`` run.
+
+The checkpoint says everything the engine (:func:`~geoexplora.inference.predict.predict_raster`) needs: the
+bands to read (by name), the normaliser (built once from its preprocessing, on the model's device), the
+window size, the classes (label values, names, colours) and the provenance tags of the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from geoexplora.data.raster import inspect_raster
+from geoexplora.errors import GeoExploraError
+from geoexplora.inference.bands import model_band_indexes
+from geoexplora.inference.predict import PredictSummary, predict_raster
+from geoexplora.models import CheckpointConfig, GeoModel, Preprocessing
+
+logger = logging.getLogger(__name__)
+
+PREDICT_TASKS = ("segmentation", "classification", "multilabel")
+
+
+def check_predictable(config: CheckpointConfig, directory: Path) -> None:
+    """Refuse a checkpoint that has no head to predict with (a pre-training checkpoint)."""
+    if config.task.kind not in PREDICT_TASKS:
+        raise GeoExploraError(f"{directory}: not a fine-tuned checkpoint (task {config.task.kind!r}); "
+                              "predict needs one from geoexplora finetune")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GeoExploraError(f"--device {name}: CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GeoExploraError(f"--device {name}: use auto, cpu, cuda or cuda:N") from None
+
+
+def band_indexes(preprocessing: Preprocessing, raster: Path, band_names: Sequence[str] | None = None) -> list[int]:
+    """1-based indexes of the model's bands in ``raster``: by ``band_names``, the file's band descriptions,
+    or (for a file without descriptions and as many bands) the training file's band names."""
+    file_bands = preprocessing.file_bands
+    if band_names is None and file_bands is not None:
+        info = inspect_raster(raster)
+        if not all(info.descriptions) and info.count == len(file_bands):
+            logger.info("%s: no band descriptions; using the training file's band names %s", raster, file_bands)
+            band_names = file_bands
+    return model_band_indexes(raster, preprocessing.model_bands, band_names)[1]
+
+
+def predict_with_model(
+    model: GeoModel,
+    raster: Path,
+    out: Path,
+    *,
+    probabilities: bool | Path = False,
+    bands: Sequence[str] | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    overwrite: bool = False,
+    resume: bool = False,
+    allow_no_crs: bool = False,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict ``raster`` into the class map ``out`` (COG) with ``model``; see :func:`predict_raster`.
+
+    Args:
+        model: a fine-tuned checkpoint; moved to ``device``.
+        probabilities: True writes ``<out stem>.probabilities.tif`` beside ``out``; a path writes there.
+        bands: names of all the file's bands when its descriptions differ from the checkpoint's band names.
+        tile: window side (default: the window size the model was trained on); overlap: default
+            ``min(32, tile // 4)``.
+
+    The class map stores the classes' label values with a colour table and class names; every output is
+    tagged with the checkpoint's sha256, the geoexplora version, the tile and the overlap.
+    """
+    raster, out = Path(raster), Path(out)
+    check_predictable(model.config, model.directory)
+    indexes = band_indexes(model.preprocessing, raster, bands)
+    device = resolve_device(device)
+    model.to(device)
+    tile = tile or model.preprocessing.window_size
+    probs = out.with_name(f"{out.stem}.probabilities.tif") if probabilities is True else probabilities or None
+    return predict_raster(
+        raster, out, model.model, num_classes=len(model.classes), tile=tile,
+        overlap=overlap if overlap is not None else min(32, tile // 4), batch_size=batch_size, device=device,
+        normalize=model.normalizer(), bands=indexes,
+        mode="segmentation" if model.task.kind == "segmentation" else "classification",
+        probabilities=None if probs is None else Path(probs), overwrite=overwrite, resume=resume,
+        progress=progress, allow_no_crs=allow_no_crs, classes=model.classes,
+        tags={"checkpoint_sha256": model.sha256},
+    )
