@@ -1,6 +1,6 @@
 """ExPLoRA evaluation protocol: probes and fine-tunes of the real DINOv2 ViT-S/14 on real labelled rasters.
 
-    python bench/explora_eval.py            # the full protocol (about 40 min on 2 CPU cores, see the plan it prints)
+    python bench/explora_eval.py            # the full protocol (about 40 min on 2 idle CPU cores; it prints a plan)
     python bench/explora_eval.py --quick    # every row kind on tiny crops with a tiny ViT (the test suite runs it)
 
 Labelled sets (``../shared/data``): Landsat 7 North Carolina with ``strata.tif`` as pixel segmentation and as
@@ -28,13 +28,14 @@ from typing import Any
 
 import lightning as L
 import rasterio
+import torch
 
 from evalkit.datasets import ImageSpec, LabelledSpec, labelled_data, prepare_domain, prepare_files
 from evalkit.pretraining import PretrainResult, first_last, plot_curves, pretrain, read_curves
 from evalkit.report import LABELS, RowReport, dataset_table, plot_scores, standard_errors
 from evalkit.rows import RunResult, finetune_run, probe_run
 from geoexplora.errors import GeoExploraError
-from geoexplora.models import BackboneConfig, create_backbone
+from geoexplora.models import BackboneConfig, create_backbone, create_strategy
 from geoexplora.models.checkpoint import read_checkpoint_config
 from geoexplora.tasks.finetune import FinetuneTask, merged_pretrained_backbone
 
@@ -124,7 +125,9 @@ class Profile:
     pretrain_overrides: dict[str, Any]
     seeds: int
     crop: int | None = None
-    head: dict[str, Any] = field(default_factory=lambda: {"segmentation_head": "progressive", "decoder_channels": 64})
+    # FinetuneTask head options. Linear (per patch token, bilinear upsampling) like the probes, so the fine-tune
+    # rows differ from the probe rows in what trains in the backbone, not in the decoder.
+    head: dict[str, Any] = field(default_factory=lambda: {"segmentation_head": "linear"})
     weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
@@ -138,15 +141,15 @@ def full_profile(weights: Path) -> Profile:
               class_values=tuple(range(1, 8)), class_names=NC_CLASSES)
     datasets = {
         "nc-seg": LabelledSpec("nc-seg", "Landsat 7 NC, strata segmentation", task="segmentation", window=28,
-                               block=56, input_size=56, windows_per_epoch=128, epochs=4, **nc),
+                               block=56, input_size=56, windows_per_epoch=128, epochs=6, **nc),
         "nc-cls": LabelledSpec("nc-cls", "Landsat 7 NC, window classification (majority strata class)",
                                task="classification", window=10, block=20, input_size=42, windows_per_epoch=256,
-                               epochs=4, batch_size=32, **nc),
+                               epochs=4, **nc),
         "s2-seg": LabelledSpec("s2-seg", "Sentinel-2 Slovenia (scene 4), LULC segmentation",
                                image=S2_SCENES[4], mask="sentinel2_slovenia/lulc_mask.tif", domain="s2",
                                task="segmentation", class_values=(1, 2, 3, 4, 8),
                                class_names=("cultivated", "forest", "grassland", "shrubland", "artificial"),
-                               window=14, block=14, input_size=56, windows_per_epoch=96, epochs=6, mask_nodata=0),
+                               window=14, block=14, input_size=56, windows_per_epoch=96, epochs=8, mask_nodata=0),
     }
     backbone = {"model": "vit_small_patch14_dinov2", "weights": str(weights)}
     return Profile("full", backbone, domains, datasets, pretrain_steps=150, pretrain_input=56,
@@ -170,34 +173,59 @@ def quick_profile() -> Profile:
                      decoder_dim=32, decoder_depth=1, decoder_heads=2, warmup_steps=1)
     return Profile("quick", {"model": "vit_small_patch14_dinov2", "weights": None, **tiny}, domains, datasets,
                    pretrain_steps=3, pretrain_input=28, pretrain_overrides=overrides | tiny, seeds=2, crop=84,
-                   head={"segmentation_head": "progressive", "decoder_channels": 16}, weight_decays=(1e-3, 1e-1))
+                   weight_decays=(1e-3, 1e-1))
 
 
 # --- time plan -----------------------------------------------------------------------------------------------
-# Seconds per image-token on the reference machine (2 CPU cores, ViT-S/14 width 384, depth 12, measured):
-# a training step (forward + backward) and a forward pass without gradients; relative cost per strategy.
-TRAIN_S_PER_TOKEN, FORWARD_S_PER_TOKEN, RUN_OVERHEAD_S = 9.5e-4, 3.4e-4, 2.0
+# Cost of a step relative to a LoRA step (measured on 2 CPU cores): per strategy, and the DINOv2 objective's heads
+# (DINO + iBOT prototypes on cls and masked patch tokens) on top of its backbone passes. Seconds per run spent
+# outside the steps (building the model, reading the windows, Lightning's setup).
 STRATEGY_COST = {"lora": 1.0, "block-expansion": 1.0, "rlrr": 1.6, "full": 1.7}
+DINOV2_HEAD_COST, RUN_OVERHEAD_S = 1.5, 2.0
 
 
 class Plan:
-    """Estimated seconds per stage (reference machine), then actual ones, and the rescaled time left."""
+    """Estimated seconds per stage from a measured LoRA step on this machine, then actual ones and the time left.
+
+    :meth:`calibrate` times a LoRA training step and a forward pass of the profile's backbone (batch 16 at the
+    pre-training input size); every estimate is a token count times those costs.
+    """
 
     def __init__(self, profile: Profile) -> None:
-        b = profile.backbone
-        self.scale = (b.get("embed_dim", 384) / 384) ** 2 * b.get("depth", 12) / 12
-        self.patch = b.get("patch_size", 14)
+        self.patch = profile.backbone.get("patch_size", 14)
+        self.train_s_per_token = self.forward_s_per_token = 0.0
         self.stages: dict[str, float] = {}
         self.done: dict[str, float] = {}
+
+    def calibrate(self, config: BackboneConfig) -> None:
+        """Time a LoRA training step and a forward pass of ``config``'s backbone (batch 16), per image-token."""
+        model = create_strategy("lora").apply(create_backbone(config))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        x = torch.randn(16, len(config.bands), config.img_size, config.img_size)
+        tokens = 16 * self.tokens(config.img_size)
+
+        def step() -> None:
+            model.forward_features(x).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        step()
+        started = time.perf_counter()
+        step(), step()
+        self.train_s_per_token = (time.perf_counter() - started) / 2 / tokens
+        with torch.no_grad():
+            started = time.perf_counter()
+            model.forward_features(x), model.forward_features(x)
+        self.forward_s_per_token = (time.perf_counter() - started) / 2 / tokens
 
     def tokens(self, size: int) -> int:
         return (size // self.patch) ** 2 + 1
 
     def train(self, images: float, size: int, cost: float = 1.0) -> float:
-        return images * self.tokens(size) * TRAIN_S_PER_TOKEN * cost * self.scale
+        return images * self.tokens(size) * self.train_s_per_token * cost
 
     def forward(self, images: float, size: int) -> float:
-        return images * self.tokens(size) * FORWARD_S_PER_TOKEN * self.scale
+        return images * self.tokens(size) * self.forward_s_per_token
 
     def add(self, stage: str, seconds: float) -> None:
         self.stages[stage] = seconds
@@ -231,7 +259,7 @@ def plan_stages(profile: Profile, rows: list[Row], files: dict[str, tuple[Path, 
     for key in sorted({s.domain for s in profile.datasets.values()}):
         domain = profile.domains[key]
         images = steps * domain.batch_size * (len(domain.dates) if domain.dates else 1)
-        dino = 1.15 * (plan.forward(2 * images, g) + plan.train(2 * images, g) + plan.train(local * images, g // 2))
+        dino = DINOV2_HEAD_COST * (plan.forward(2 * images, g) + plan.train(2 * images, g) + plan.train(local * images, g // 2))
         mae = 0.6 * plan.train(images, g)
         plan.add(f"pre-train {key}", sum(RUN_OVERHEAD_S + (mae if PRETRAIN_VARIANTS[v]["objective"] == "mae" else dino)
                                          for v in variants))
@@ -289,9 +317,11 @@ def run_rows(profile: Profile, spec: LabelledSpec, rows: list[Row], files: tuple
     """Every row of one labelled set over the seeds."""
     domain = profile.domains[spec.domain]
     k, metric, seg = len(spec.class_values), spec.headline, spec.task == "segmentation"
-    config = backbone_config(profile, domain, spec.input_size)
+    # The pre-training's position-table size for every row, so all rows resample positions the same way.
+    config = backbone_config(profile, domain, profile.pretrain_input)
     out: dict[str, list[RunResult]] = {}
     own: dict[int, dict[str, Any]] = {}
+    reads: dict[Any, Any] = {}
 
     for row in rows:
         checkpoint = pretrained[row.pretrained].checkpoint if row.pretrained else None
@@ -300,8 +330,8 @@ def run_rows(profile: Profile, spec: LabelledSpec, rows: list[Row], files: tuple
         def data(seed: int, statistics: dict[str, Any] | None = statistics):
             """This seed's split, normalised with the pre-training's statistics, else the set's own (computed once)."""
             if statistics is None and seed not in own:
-                own[seed] = labelled_data(spec, domain, *files, seed, None).band_statistics.to_dict()
-            return labelled_data(spec, domain, *files, seed, statistics or own[seed])
+                own[seed] = labelled_data(spec, domain, *files, seed, None, reads).band_statistics.to_dict()
+            return labelled_data(spec, domain, *files, seed, statistics or own[seed], reads)
 
         if row.strategy is None:
             runs = []
@@ -393,8 +423,9 @@ def write_markdown(out: Path, argv: list[str], profile: Profile, rows: list[Row]
               + ", ".join(f"[{p.name}]({p.name})" for p in pngs.values()) + ".", ""]
     lines += ["## Labelled sets and the standard error of one seed", "",
               "| set | bands | window -> model input | split block | train/val/test | test samples per seed | "
-              "test blocks | binomial SE of accuracy (max) | block-bootstrap SE of the headline metric (median) |",
-              "|---|---|---|---|---|---:|---:|---:|---:|"]
+              "test blocks | SE of accuracy, binomial (max) | SE of accuracy, block bootstrap (median) | "
+              "SE of the headline metric, block bootstrap (median) |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for key, spec in profile.datasets.items():
         if key not in results:
             continue
@@ -402,10 +433,12 @@ def write_markdown(out: Path, argv: list[str], profile: Profile, rows: list[Row]
         unit = "pixels" if spec.task == "segmentation" else "windows"
         lines.append(f"| {spec.title} | {len(profile.domains[spec.domain].band_names)} | {spec.window} -> "
                      f"{spec.input_size} px | {spec.block} px | {'/'.join(f'{f:g}' for f in spec.split_fractions)} | "
-                     f"{se['samples']} {unit} | {se['blocks']} | {se['binomial']} | {se['bootstrap']} "
+                     f"{se['samples']} {unit} | {se['blocks']} | {se['binomial']} | {se['bootstrap_accuracy']} | {se['bootstrap']} "
                      f"({LABELS[spec.headline]}) |")
-    lines += ["", "The binomial SE treats every test pixel or window as independent; the block bootstrap resamples "
-              "whole test blocks and keeps their spatial correlation, so it is the one to trust.", ""]
+    lines += ["", "Standard errors of one seed's score, in points, over every row and seed of the set. The binomial SE "
+              "treats every test pixel or window as independent; the block bootstrap (400 resamples of the test "
+              "blocks) keeps their spatial correlation, so it is the one to trust. Pixels are counted at the "
+              "raster's own resolution (logits area-averaged from the model input back to the window).", ""]
     tables: dict[str, tuple[str, list[RowReport]]] = {}
     for key, spec in profile.datasets.items():
         if key not in results:
@@ -438,7 +471,9 @@ NOTES = [
     "- Linear probes: classification on the DINOv2 linear-eval feature (cls token concatenated with the mean patch "
     "token, last block, normed); segmentation per patch token: the last block's patch tokens bilinearly upsampled "
     "to pixels, logistic regression fitted on labelled pixels sampled from the training windows, scored on every "
-    "test pixel. Probe features come from the backbone `PretrainTask.export_model()` exports (adapters merged).",
+    "test pixel. Probe and ExPLoRA -> LoRA rows start from the backbone `PretrainTask.export_model()` exports, "
+    "adapters merged (on the code of this commit that is the DINOv2 student; DINOv2 and the ExPLoRA linear-probe "
+    "config evaluate the teacher, which item 1 of issue 14 changes).",
     "- ExPLoRA pre-training sees the unlabelled pixels of the whole domain, test blocks included (no labels); "
     "that is the setting ExPLoRA targets (unlabelled imagery of the target domain) and it favours the ExPLoRA rows "
     "over a protocol that pre-trains on other scenes.",
@@ -497,6 +532,7 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -514,9 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(ROWS)
     files = {key: prepare_files(spec, args.data, work, profile.crop) for key, spec in profile.datasets.items()}
     plan = Plan(profile)
+    plan.calibrate(backbone_config(profile, next(iter(profile.domains.values())), profile.pretrain_input))
     plan_stages(profile, rows, files, plan)
     print(f"[explora_eval] plan ({profile.name}): " + ", ".join(f"{s} {v / 60:.1f} min" for s, v in plan.stages.items())
-          + f"; total about {sum(plan.stages.values()) / 60:.0f} min on the reference machine (2 CPU cores)", flush=True)
+          + f"; total about {sum(plan.stages.values()) / 60:.0f} min at this machine's measured speed "
+          f"({1e3 * plan.train_s_per_token:.2f} ms per image-token of a LoRA step)", flush=True)
     pretrained, pngs = run_pretraining(profile, rows, args.data, work, out, plan)
     results: dict[str, dict[str, list[RunResult]]] = {}
     for key, spec in profile.datasets.items():

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from geoexplora.tasks.finetune_data import LabelledRasterDataModule
 
@@ -92,14 +93,18 @@ class LabelledSpec:
         return "miou" if self.task == "segmentation" else "accuracy"
 
 
+def _striped(profile: dict[str, Any]) -> dict[str, Any]:
+    """A rasterio profile without the source's tiling, for small derived GeoTIFFs (GDAL picks the layout)."""
+    return {k: v for k, v in profile.items() if k not in ("blockxsize", "blockysize", "tiled")}
+
+
 def crop_raster(source: Path, target: Path, size: int) -> Path:
     """Write the central ``size`` x ``size`` pixels of ``source`` (all bands, its CRS and nodata) to ``target``."""
     with rasterio.open(source) as src:
         row, col = max(0, (src.height - size) // 2), max(0, (src.width - size) // 2)
         window = Window(col, row, min(size, src.width), min(size, src.height))
-        profile = src.profile | {"width": window.width, "height": window.height,
-                                 "transform": src.window_transform(window)}
-        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+        profile = _striped(src.profile) | {"width": window.width, "height": window.height,
+                                           "transform": src.window_transform(window)}
         data, descriptions = src.read(window=window), src.descriptions
     target.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(target, "w", **profile) as dst:
@@ -111,7 +116,7 @@ def crop_raster(source: Path, target: Path, size: int) -> Path:
 def with_nodata(source: Path, target: Path, nodata: float) -> Path:
     """Copy a single-band label raster with ``nodata`` declared (e.g. eo-learn's LULC value 0, "no data")."""
     with rasterio.open(source) as src:
-        profile, data = src.profile | {"nodata": nodata}, src.read()
+        profile, data = _striped(src.profile) | {"nodata": nodata}, src.read()
     target.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(target, "w", **profile) as dst:
         dst.write(data)
@@ -153,17 +158,43 @@ def resize_batch(batch: dict[str, Tensor], size: int) -> dict[str, Tensor]:
     return out
 
 
+class CachedReads(Dataset):
+    """``dataset[query]`` remembered in ``cache``, a dict shared by the data modules of one labelled set.
+
+    Every row of a seed reads the same windows (same split, same seeded training windows): TorchGeo reads
+    each once. Samples are read-only downstream (normalising and collating make new tensors).
+    """
+
+    def __init__(self, dataset: Any, cache: dict[Any, dict[str, Tensor]]) -> None:
+        self.dataset, self.cache = dataset, cache
+
+    def __getitem__(self, query: Any) -> dict[str, Tensor]:
+        if query not in self.cache:
+            self.cache[query] = self.dataset[query]
+        return self.cache[query]
+
+
 class ResizedWindows(LabelledRasterDataModule):
     """:class:`LabelledRasterDataModule` whose batches are resized to ``input_size`` after transfer.
 
     Args:
         input_size: side of the windows the model sees (px).
+        cache: raw window reads shared with other modules over the same rasters (None: no cache).
         **options: the data module's arguments.
     """
 
-    def __init__(self, input_size: int, **options: Any) -> None:
+    def __init__(self, input_size: int, cache: dict[Any, dict[str, Tensor]] | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.input_size = input_size
+        self.cache = cache
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.cache is None:
+            return
+        for prepared in self.datasets.values():
+            if not isinstance(prepared.dataset, CachedReads):
+                prepared.dataset = CachedReads(prepared.dataset, self.cache)
 
     def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
         return resize_batch(batch, self.input_size)
@@ -179,13 +210,14 @@ class ResizedWindows(LabelledRasterDataModule):
 
 
 def labelled_data(spec: LabelledSpec, domain: ImageSpec, image: Path, mask: Path, seed: int,
-                  statistics: dict[str, Any] | None) -> ResizedWindows:
+                  statistics: dict[str, Any] | None, cache: dict[Any, dict[str, Tensor]]) -> ResizedWindows:
     """The data module of ``spec`` for ``seed`` (which also seeds the spatial split), set up.
 
     ``statistics`` (``BandStatistics.to_dict()``) normalise the windows; None: the module computes its own.
+    ``cache`` holds the raw window reads of ``spec``'s rasters (see :class:`CachedReads`).
     """
     data = ResizedWindows(
-        spec.input_size, image=str(image), mask=str(mask), band_names=list(domain.band_names),
+        spec.input_size, cache, image=str(image), mask=str(mask), band_names=list(domain.band_names),
         class_values=list(spec.class_values), classes=list(spec.class_names),
         label_mode="mask" if spec.task == "segmentation" else "majority", window_size=spec.window,
         block_size=spec.block, split_fractions=spec.split_fractions, seed=seed,
