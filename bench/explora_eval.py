@@ -254,8 +254,7 @@ def plan_stages(profile: Profile, rows: list[Row], files: dict[str, tuple[Path, 
     """Fill ``plan`` with one pre-training stage per domain and one stage per labelled set."""
     variants = sorted({r.pretrained for r in rows if r.pretrained})
     g, steps = profile.pretrain_input, profile.pretrain_steps
-    local = PRETRAIN["dinov2"]["num_local_crops"] if "num_local_crops" not in profile.pretrain_overrides \
-        else profile.pretrain_overrides["num_local_crops"]
+    local = (PRETRAIN["dinov2"] | profile.pretrain_overrides)["num_local_crops"]
     for key in sorted({s.domain for s in profile.datasets.values()}):
         domain = profile.domains[key]
         images = steps * domain.batch_size * (len(domain.dates) if domain.dates else 1)
@@ -377,7 +376,6 @@ def write_markdown(out: Path, argv: list[str], profile: Profile, rows: list[Row]
                    results: dict[str, dict[str, list[RunResult]]], pretrained: dict[str, dict[str, PretrainResult]],
                    pngs: dict[str, Path], scores_png: Path, minutes: float) -> str:
     """The report: command, settings, pre-training monitors, SE per set, one table per set, notes."""
-    by_key = {r.key: r for r in rows}
     cmd = " ".join(["python", "bench/explora_eval.py", *argv])
     lines = [
         "# ExPLoRA evaluation protocol: DINOv2 ViT-S/14 on real labelled rasters",

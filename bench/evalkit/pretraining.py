@@ -35,6 +35,7 @@ NOT_CURVES = {"epoch", "step"}
 class PretrainResult:
     """What a pre-training run left: its checkpoint, trainable parameters, per-step log and duration."""
 
+    objective: str
     checkpoint: Path
     trainable: int
     metrics_csv: Path
@@ -64,7 +65,7 @@ def pretrain(domain: ImageSpec, paths: list[Path], task_options: dict[str, Any],
     trainer.fit(task, datamodule=data)
     seconds = time.perf_counter() - start
     dates = len(domain.dates) if temporal else 1
-    return PretrainResult(out / "checkpoint", parameter_report(task.export_model()).trainable_params,
+    return PretrainResult(task_options["objective"], out / "checkpoint", parameter_report(task.export_model()).trainable_params,
                           Path(logger.log_dir) / "metrics.csv", seconds, int(trainer.global_step),
                           domain.batch_size * dates)
 
@@ -93,8 +94,9 @@ def first_last(curves: dict[str, tuple[list[int], list[float]]], name: str, n: i
 
 
 def plot_curves(runs: dict[str, PretrainResult], title: str, png: Path) -> Path:
-    """One panel per logged value, one line per run: the learning monitors of a domain's pre-training runs."""
-    per_run = {name: read_curves(r.metrics_csv) for name, r in runs.items()}
+    """One panel per logged value and objective, one line per run: the learning monitors of a domain's runs."""
+    per_run = {name: {f"{k} ({r.objective})": v for k, v in read_curves(r.metrics_csv).items()}
+               for name, r in runs.items()}
     names = sorted({k for curves in per_run.values() for k in curves})
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
