@@ -496,11 +496,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, help="pre-training steps per run")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs of every set")
     parser.add_argument("--datasets", nargs="+", help="labelled sets to run (default all)")
+    parser.add_argument("--rows", nargs="+", help=f"rows to run (default all: {', '.join(r.key for r in ROWS)})")
     return parser.parse_args(argv)
 
 
-def configure(args: argparse.Namespace) -> tuple[Profile, Path, Path]:
-    """The profile with the command-line overrides, the markdown path and the run folder."""
+def configure(args: argparse.Namespace) -> tuple[Profile, list[Row], Path, Path]:
+    """The profile with the command-line overrides, the rows, the markdown path and the run folder."""
     profile = quick_profile() if args.quick else full_profile(args.weights)
     if not args.data.is_dir():
         raise GeoExploraError(f"{args.data}: the shared data folder is not there (give --data)")
@@ -511,6 +512,10 @@ def configure(args: argparse.Namespace) -> tuple[Profile, Path, Path]:
         raise GeoExploraError(f"unknown datasets {sorted(unknown)}; known: {', '.join(profile.datasets)}")
     if args.datasets:
         profile.datasets = {k: v for k, v in profile.datasets.items() if k in args.datasets}
+    unknown = set(args.rows or []) - {r.key for r in ROWS}
+    if unknown:
+        raise GeoExploraError(f"unknown rows {sorted(unknown)}; known: {', '.join(r.key for r in ROWS)}")
+    rows = [r for r in ROWS if not args.rows or r.key in args.rows]
     if args.seeds is not None:
         profile.seeds = args.seeds
     if args.pretrain_steps is not None:
@@ -521,7 +526,7 @@ def configure(args: argparse.Namespace) -> tuple[Profile, Path, Path]:
         raise GeoExploraError("--seeds and --pretrain-steps must be positive")
     work = args.work or ROOT / "runs" / ("explora_eval_quick" if args.quick else "explora_eval")
     out = args.out or (work / "explora_eval.md" if args.quick else ROOT / "bench" / "explora_eval.md")
-    return profile, out, work
+    return profile, rows, out, work
 
 
 def quiet() -> None:
@@ -539,13 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     try:
         args = parse(argv)
-        profile, out, work = configure(args)
+        profile, rows, out, work = configure(args)
     except GeoExploraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = list(ROWS)
     files = {key: prepare_files(spec, args.data, work, profile.crop) for key, spec in profile.datasets.items()}
     plan = Plan(profile)
     plan.calibrate(backbone_config(profile, next(iter(profile.domains.values())), profile.pretrain_input))

@@ -85,7 +85,9 @@ class LabelledSpec:
     batch_size: int = 16
     pixels_per_window: int = 32
     mask_nodata: float | None = None
-    split_fractions: tuple[float, float, float] = field(default=(0.5, 0.2, 0.3))
+    # 40% of the blocks for test: NC windows ~780 and S2 ~20 test blocks, so one seed's block-bootstrap SE
+    # stays near or under 2.5 points (measured with 30%: 2.8 on NC windows, 2.7 mIoU on S2).
+    split_fractions: tuple[float, float, float] = field(default=(0.45, 0.15, 0.4))
 
     @property
     def headline(self) -> str:
