@@ -255,7 +255,7 @@ def plan_stages(profile: Profile, rows: list[Row], files: dict[str, tuple[Path, 
     variants = sorted({r.pretrained for r in rows if r.pretrained})
     g, steps = profile.pretrain_input, profile.pretrain_steps
     local = (PRETRAIN["dinov2"] | profile.pretrain_overrides)["num_local_crops"]
-    for key in sorted({s.domain for s in profile.datasets.values()}):
+    for key in sorted({s.domain for s in profile.datasets.values()} if variants else ()):
         domain = profile.domains[key]
         images = steps * domain.batch_size * (len(domain.dates) if domain.dates else 1)
         dino = DINOV2_HEAD_COST * (plan.forward(2 * images, g) + plan.train(2 * images, g) + plan.train(local * images, g // 2))
@@ -294,15 +294,14 @@ def run_pretraining(profile: Profile, rows: list[Row], data_root: Path, work: Pa
     variants = sorted({r.pretrained for r in rows if r.pretrained})
     results: dict[str, dict[str, PretrainResult]] = {}
     pngs: dict[str, Path] = {}
-    for key in sorted({s.domain for s in profile.datasets.values()}):
+    for key in sorted({s.domain for s in profile.datasets.values()} if variants else ()):
         domain = profile.domains[key]
         started = plan.start(f"pre-train {key}")
         paths = prepare_domain(domain, data_root, work, profile.crop)
         results[key] = {v: pretrain(domain, paths, pretrain_options(profile, domain, v), PRETRAIN_TRAINER,
                                     profile.pretrain_steps, work / "pretrain" / f"{key}-{v}") for v in variants}
-        if results[key]:
-            pngs[key] = plot_curves(results[key], f"ExPLoRA pre-training on {key}: logged values per step",
-                                    out.with_name(f"{out.stem}_pretrain_{key}.png"))
+        pngs[key] = plot_curves(results[key], f"ExPLoRA pre-training on {key}: logged values per step",
+                                out.with_name(f"{out.stem}_pretrain_{key}.png"))
         plan.finish(f"pre-train {key}", started)
     return results, pngs
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import rasterio
-import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 from torch import Tensor
