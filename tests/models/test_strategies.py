@@ -118,6 +118,14 @@ def test_lora_linear_full_trainable_sets():
     assert trainable(full) == {n for n, _ in full.named_parameters()}
 
 
+def test_lora_can_train_the_patch_embedding_too():
+    lora_ids = {f"blocks.{i}.attn.qkv.{p}.lora_{ab}.default.weight" for i in range(4) for p in "qv" for ab in "AB"}
+    model = create_strategy("lora", lora_rank=4, train_patch_embed=True).apply(tiny(bands=["B02", "B03", "B04", "B08"]))
+    assert trainable(model) == lora_ids | {"patch_embed.proj.weight", "patch_embed.proj.bias"}
+    assert grads(model, torch.randn(2, 4, 32, 32)) >= {"patch_embed.proj.weight", "patch_embed.proj.bias"}
+    assert trainable(create_strategy("lora", lora_rank=4, train_patch_embed=None).apply(tiny())) == lora_ids
+
+
 def test_head_stays_trainable():
     model = tiny()
     model.reset_classifier(5)

@@ -88,24 +88,29 @@ def export_merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 @register_strategy("lora")
 @dataclass
 class LoraStrategy(StrategyConfig):
-    """LoRA on Q and V of every block; everything else in the backbone frozen.
+    """LoRA on Q and V of every block; everything else in the backbone frozen (optionally not the patch embedding).
 
     Attributes:
         lora_rank: r of every adapter (published task fine-tuning: 8).
         lora_alpha: LoRA alpha; the update is scaled by alpha / r (peft's default pairing r=8, alpha=8).
         lora_dropout: dropout on the adapter input.
+        train_patch_embed: also train the patch embedding (all of ``patch_embed``), e.g. as the control that
+            separates the effect of a trained multi-spectral stem from ExPLoRA's; ``None`` counts as False
+            (the published LoRA fine-tune keeps it frozen).
     """
 
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
+    train_patch_embed: bool | None = False
 
     def __post_init__(self) -> None:
         check_lora_options(self.lora_rank, self.lora_alpha, self.lora_dropout)
 
     def apply(self, model: nn.Module) -> nn.Module:
         inject_qv_lora(model, range(len(model.blocks)), self.lora_rank, self.lora_alpha, self.lora_dropout)
-        set_trainable(model, lambda name, _: is_lora_parameter(name))
+        embed = bool(self.train_patch_embed)
+        set_trainable(model, lambda name, _: is_lora_parameter(name) or (embed and name.startswith("patch_embed.")))
         return model
 
 
