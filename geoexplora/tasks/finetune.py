@@ -1,9 +1,11 @@
 """Supervised fine-tuning: one Lightning module for scene classification, multi-label and segmentation.
 
 The module is thin: :class:`~geoexplora.models.heads.SupervisedModel` (backbone + head) computes logits,
-the loss is cross-entropy (``ignore_index`` skipped) or binary cross-entropy (multi-label), and one
-torchmetrics ``MetricCollection`` per task is cloned per split. Classes, band statistics and
-normalisation come from the data module at ``setup`` unless given, and go into the exported checkpoint.
+the loss is cross-entropy (``ignore_index`` skipped), binary cross-entropy (multi-label), or for
+segmentation :class:`~geoexplora.tasks.segmentation_loss.SegmentationLoss` (cross-entropy, optionally
+class-weighted, optionally plus Dice), and one torchmetrics ``MetricCollection`` per task is cloned per
+split. Classes, band statistics and normalisation come from the data module at ``setup`` unless given,
+and go into the exported checkpoint.
 
 An ``init_checkpoint`` (e.g. an ExPLoRA pre-training run) is rebuilt from its config, its LoRA merged into
 plain weights, and the fine-tuning strategy (published: ``lora`` rank 8) applied on top of that.
@@ -11,6 +13,7 @@ plain weights, and the fine-tuning strategy (published: ``lora`` rank 8) applied
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -41,10 +44,13 @@ from geoexplora.models import (
 )
 from geoexplora.models.checkpoint import load_trained_tensors
 from geoexplora.models.heads import SupervisedModel, create_head, segmentation_feature_blocks
+from geoexplora.tasks.segmentation_loss import SegmentationLoss, frequency_class_weights
 
 Task = Literal["classification", "multilabel", "segmentation"]
 TASKS = ("classification", "multilabel", "segmentation")
 SPLITS = ("train", "val", "test")
+
+logger = logging.getLogger(__name__)
 
 
 def task_metrics(task: str, num_classes: int, ignore_index: int) -> MetricCollection:
@@ -101,9 +107,13 @@ class FinetuneTask(L.LightningModule):
         strategy_options: the strategy's options, e.g. ``{lora_rank: 8}``.
         classes: class names; default: the data module's.
         pool: classification pooling, ``cls`` token or ``mean`` of the patch tokens.
-        segmentation_head: ``linear`` (last block, per patch) or ``progressive`` (several blocks).
+        segmentation_head: ``linear`` (last block, per patch), ``progressive`` (several blocks summed,
+            x2 upsampling stages) or ``upernet`` (4 blocks: simple feature pyramid, pyramid pooling, FPN).
         feature_blocks: blocks feeding the segmentation head; default the last (linear) or 4 evenly spaced.
-        decoder_channels: width of the progressive segmentation head.
+        decoder_channels: width of the progressive or upernet segmentation head.
+        loss: segmentation loss, ``ce`` (cross-entropy) or ``dice_ce`` (cross-entropy + soft Dice).
+        class_weights: segmentation cross-entropy weights: one per class, ``frequency`` (from the
+            training masks' class pixel counts, see :func:`frequency_class_weights`), or none.
         lr: AdamW learning rate (cosine decay over the run).
         weight_decay: AdamW weight decay.
         ignore_index: target value that is not scored (nodata / unlabelled pixels).
@@ -118,9 +128,11 @@ class FinetuneTask(L.LightningModule):
         strategy_options: dict[str, Any] | None = None,
         classes: list[str] | None = None,
         pool: Literal["cls", "mean"] = "cls",
-        segmentation_head: Literal["linear", "progressive"] = "progressive",
+        segmentation_head: Literal["linear", "progressive", "upernet"] = "progressive",
         feature_blocks: list[int] | None = None,
         decoder_channels: int = 128,
+        loss: Literal["ce", "dice_ce"] = "ce",
+        class_weights: Literal["frequency"] | list[float] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         ignore_index: int = 255,
@@ -128,6 +140,8 @@ class FinetuneTask(L.LightningModule):
         super().__init__()
         if task not in TASKS:
             raise GeoExploraError(f"task must be one of {TASKS}, got {task!r}")
+        if task != "segmentation" and (loss != "ce" or class_weights is not None):
+            raise GeoExploraError(f"loss and class_weights are segmentation options; a {task} task uses its own loss")
         self.save_hyperparameters()
         self.task = task
         self.init_checkpoint = init_checkpoint
@@ -137,6 +151,9 @@ class FinetuneTask(L.LightningModule):
         self.head_options: dict[str, Any] = {"pool": pool, "segmentation_head": segmentation_head,
                                              "feature_blocks": feature_blocks, "decoder_channels": decoder_channels}
         self.lr, self.weight_decay, self.ignore_index = lr, weight_decay, ignore_index
+        self.class_weights = class_weights
+        given = None if class_weights in (None, "frequency") else class_weights
+        self.criterion = SegmentationLoss(loss, given, ignore_index) if task == "segmentation" else None
         self.band_statistics: dict[str, Any] | None = None
         self.normalization: str | None = None
         self.classes: list[str] | None = None
@@ -163,6 +180,8 @@ class FinetuneTask(L.LightningModule):
         """Create the head for ``classes`` and the metrics (once)."""
         if len(classes) < 2 and self.task != "multilabel":
             raise GeoExploraError(f"a {self.task} task needs at least 2 classes, got {classes}")
+        if isinstance(self.class_weights, list) and len(self.class_weights) != len(classes):
+            raise GeoExploraError(f"{len(self.class_weights)} class_weights for {len(classes)} classes {list(classes)}")
         self.classes = list(classes)
         options = self.head_options
         depth = len(self.backbone.blocks)
@@ -198,6 +217,14 @@ class FinetuneTask(L.LightningModule):
                 data.adopt_band_statistics(pretrained)
         self.band_statistics = data.band_statistics.to_dict()
         self.normalization = data.normalization
+        if self.class_weights == "frequency" and self.criterion.class_weights is None:
+            if not hasattr(data, "class_pixel_counts"):
+                raise GeoExploraError(f"class_weights: frequency needs class pixel counts, which "
+                                      f"{type(data).__name__} does not give; list the weights instead")
+            counts = data.class_pixel_counts()
+            self.criterion.class_weights = frequency_class_weights(counts)
+            logger.info("class weights from the training masks' pixel counts %s: %s", counts.tolist(),
+                        [round(w, 3) for w in self.criterion.class_weights.tolist()])
 
     def forward(self, image: Tensor) -> Tensor:
         return self.model(image)
@@ -208,6 +235,8 @@ class FinetuneTask(L.LightningModule):
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits, target.float())
+        if self.task == "segmentation":
+            return self.criterion(logits, target)
         if (target == self.ignore_index).all():
             return logits.sum() * 0.0
         return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
