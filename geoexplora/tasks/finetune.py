@@ -109,7 +109,8 @@ class FinetuneTask(L.LightningModule):
         pool: classification pooling, ``cls`` token or ``mean`` of the patch tokens.
         segmentation_head: ``linear`` (last block, per patch), ``progressive`` (several blocks summed,
             x2 upsampling stages) or ``upernet`` (4 blocks: simple feature pyramid, pyramid pooling, FPN).
-        feature_blocks: blocks feeding the segmentation head; default the last (linear) or 4 evenly spaced.
+        feature_blocks: blocks feeding the segmentation head, shallowest first (``upernet``: 4 blocks,
+            the first becomes the finest pyramid level); default the last (linear) or 4 evenly spaced.
         decoder_channels: width of the progressive or upernet segmentation head.
         loss: segmentation loss, ``ce`` (cross-entropy) or ``dice_ce`` (cross-entropy + soft Dice).
         class_weights: segmentation cross-entropy weights: one per class, ``frequency`` (from the

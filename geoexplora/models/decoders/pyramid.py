@@ -31,8 +31,8 @@ def _rescale(embed_dim: int, scale: float) -> tuple[nn.Module, int]:
         return nn.Identity(), embed_dim
     if scale == 0.5:
         return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True), embed_dim
-    steps = math.log2(scale) if scale > 1 else 0.5
-    if not steps.is_integer() or embed_dim % 2 ** int(steps):
+    steps = math.log2(scale) if scale > 1 else None
+    if steps is None or not steps.is_integer() or embed_dim % 2 ** int(steps):
         raise GeoExploraError(f"pyramid scales must be 0.5, 1 or a power of 2 dividing the embed dim "
                               f"{embed_dim}, got {scale}")
     layers: list[nn.Module] = []
