@@ -6,24 +6,27 @@
   upsampling to the input size (the cheap option).
 * :class:`ProgressiveSegmentationHead`: several blocks' patch features (timm ``forward_intermediates``),
   each projected and summed, then progressive x2 upsampling stages with 3x3 convolutions, a classifier,
-  and bilinear resizing to the input size (a light SETR-PUP / UPerNet-style decoder).
+  and bilinear resizing to the input size (a light SETR-PUP-style decoder).
+* :class:`~geoexplora.models.decoders.UPerNetHead` (``upernet``): 4 blocks' features through a simple
+  feature pyramid (x4, x2, x1, x0.5), pyramid pooling and FPN fusion, classified at stride p/4.
 * :class:`SupervisedModel`: backbone + head, the module a fine-tuning checkpoint holds.
 
 Heads use GroupNorm, not BatchNorm: checkpoints keep only trained parameters, never running buffers.
+Every head's options are plain JSON values (the fine-tuning checkpoint stores them and rebuilds the head).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geoexplora.errors import GeoExploraError
+from geoexplora.models.decoders import UPerNetHead, conv_norm_act
 
 POOLS = ("cls", "mean")
-SEGMENTATION_HEADS = ("linear", "progressive")
+SEGMENTATION_HEADS = ("linear", "progressive", "upernet")
 
 
 class ClassificationHead(nn.Module):
@@ -67,14 +70,6 @@ class LinearSegmentationHead(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def _conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.GroupNorm(math.gcd(8, out_channels), out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class ProgressiveSegmentationHead(nn.Module):
     """Patch features of L blocks [(B, D, h, w)] -> logits (B, K, H, W).
 
@@ -94,8 +89,8 @@ class ProgressiveSegmentationHead(nn.Module):
         self, embed_dim: int, num_classes: int, num_levels: int = 4, channels: int = 128, num_upsample: int = 2
     ) -> None:
         super().__init__()
-        self.projections = nn.ModuleList(_conv_block(embed_dim, channels, 1) for _ in range(num_levels))
-        self.stages = nn.ModuleList(_conv_block(channels, channels, 3) for _ in range(num_upsample))
+        self.projections = nn.ModuleList(conv_norm_act(embed_dim, channels, 1) for _ in range(num_levels))
+        self.stages = nn.ModuleList(conv_norm_act(channels, channels, 3) for _ in range(num_upsample))
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
 
     def forward(self, features: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
@@ -137,7 +132,10 @@ class SupervisedModel(nn.Module):
 
 
 def segmentation_feature_blocks(depth: int, head: str, feature_blocks: Sequence[int] | None) -> list[int]:
-    """The blocks feeding a segmentation head: given ones, else the last (linear) or 4 evenly spaced."""
+    """The blocks feeding a segmentation head: given ones, else the last (linear) or 4 evenly spaced.
+
+    Evenly spaced: the last block of each quarter of the depth, e.g. [2, 5, 8, 11] for 12 blocks.
+    """
     if feature_blocks:
         return list(feature_blocks)
     if head == "linear":
@@ -156,4 +154,9 @@ def create_head(
         return LinearSegmentationHead(embed_dim, num_classes)
     if segmentation_head == "progressive":
         return ProgressiveSegmentationHead(embed_dim, num_classes, num_levels, channels)
+    if segmentation_head == "upernet":
+        if num_levels != 4:
+            raise GeoExploraError(f"the upernet head takes 4 feature blocks (pyramid x4, x2, x1, x0.5), "
+                                  f"got {num_levels}")
+        return UPerNetHead(embed_dim, num_classes, channels)
     raise GeoExploraError(f"segmentation_head must be one of {SEGMENTATION_HEADS}, got {segmentation_head!r}")

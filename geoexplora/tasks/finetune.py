@@ -1,9 +1,11 @@
 """Supervised fine-tuning: one Lightning module for scene classification, multi-label and segmentation.
 
 The module is thin: :class:`~geoexplora.models.heads.SupervisedModel` (backbone + head) computes logits,
-the loss is cross-entropy (``ignore_index`` skipped) or binary cross-entropy (multi-label), and one
-torchmetrics ``MetricCollection`` per task is cloned per split. Classes, band statistics and
-normalisation come from the data module at ``setup`` unless given, and go into the exported checkpoint.
+the loss is cross-entropy (``ignore_index`` skipped), binary cross-entropy (multi-label), or for
+segmentation :class:`~geoexplora.tasks.segmentation_loss.SegmentationLoss` (cross-entropy, optionally
+class-weighted, optionally plus Dice), and one torchmetrics ``MetricCollection`` per task is cloned per
+split. Classes, band statistics and normalisation come from the data module at ``setup`` unless given,
+and go into the exported checkpoint.
 
 An ``init_checkpoint`` (e.g. an ExPLoRA pre-training run) is rebuilt from its config, its adapters folded
 into plain weights, and the fine-tuning strategy (published: ``lora`` rank 8) applied on top of that; the
@@ -13,6 +15,7 @@ inference needs no Lightning: :func:`geoexplora.models.load_model`.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -37,10 +40,13 @@ from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskCo
 from geoexplora.models.geomodel import build_task_model, load_merged_backbone, source_backbone
 from geoexplora.models.heads import SupervisedModel
 from geoexplora.models.lineage import make_lineage
+from geoexplora.tasks.segmentation_loss import SegmentationLoss, frequency_class_weights
 
 Task = Literal["classification", "multilabel", "segmentation"]
 TASKS = ("classification", "multilabel", "segmentation")
 SPLITS = ("train", "val", "test")
+
+logger = logging.getLogger(__name__)
 
 
 def task_metrics(task: str, num_classes: int, ignore_index: int) -> MetricCollection:
@@ -87,9 +93,14 @@ class FinetuneTask(L.LightningModule):
         class_colors: one colour per class (``"#rrggbb"`` or ``[r, g, b]``), written into the checkpoint and
             the class maps; default a fixed palette.
         pool: classification pooling, ``cls`` token or ``mean`` of the patch tokens.
-        segmentation_head: ``linear`` (last block, per patch) or ``progressive`` (several blocks).
-        feature_blocks: blocks feeding the segmentation head; default the last (linear) or 4 evenly spaced.
-        decoder_channels: width of the progressive segmentation head.
+        segmentation_head: ``linear`` (last block, per patch), ``progressive`` (several blocks summed,
+            x2 upsampling stages) or ``upernet`` (4 blocks: simple feature pyramid, pyramid pooling, FPN).
+        feature_blocks: blocks feeding the segmentation head, shallowest first (``upernet``: 4 blocks,
+            the first becomes the finest pyramid level); default the last (linear) or 4 evenly spaced.
+        decoder_channels: width of the progressive or upernet segmentation head.
+        loss: segmentation loss, ``ce`` (cross-entropy) or ``dice_ce`` (cross-entropy + soft Dice).
+        class_weights: segmentation cross-entropy weights: one per class, ``frequency`` (from the
+            training masks' class pixel counts, see :func:`frequency_class_weights`), or none.
         lr: AdamW learning rate (cosine decay over the run).
         weight_decay: AdamW weight decay.
         ignore_index: target value that is not scored (nodata / unlabelled pixels).
@@ -105,9 +116,11 @@ class FinetuneTask(L.LightningModule):
         classes: list[str] | None = None,
         class_colors: list[str | list[int]] | None = None,
         pool: Literal["cls", "mean"] = "cls",
-        segmentation_head: Literal["linear", "progressive"] = "progressive",
+        segmentation_head: Literal["linear", "progressive", "upernet"] = "progressive",
         feature_blocks: list[int] | None = None,
         decoder_channels: int = 128,
+        loss: Literal["ce", "dice_ce"] = "ce",
+        class_weights: Literal["frequency"] | list[float] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         ignore_index: int = 255,
@@ -115,6 +128,8 @@ class FinetuneTask(L.LightningModule):
         super().__init__()
         if task not in TASKS:
             raise GeoExploraError(f"task must be one of {TASKS}, got {task!r}")
+        if task != "segmentation" and (loss != "ce" or class_weights is not None):
+            raise GeoExploraError(f"loss and class_weights are segmentation options; a {task} task uses its own loss")
         self.save_hyperparameters()
         self.task = task
         self.init_checkpoint = init_checkpoint
@@ -124,6 +139,9 @@ class FinetuneTask(L.LightningModule):
         self.head_options: dict[str, Any] = {"pool": pool, "segmentation_head": segmentation_head,
                                              "feature_blocks": feature_blocks, "decoder_channels": decoder_channels}
         self.lr, self.weight_decay, self.ignore_index = lr, weight_decay, ignore_index
+        self.class_weights = class_weights
+        given = None if class_weights in (None, "frequency") else class_weights
+        self.criterion = SegmentationLoss(loss, given, ignore_index) if task == "segmentation" else None
         self.band_statistics: dict[str, Any] | None = None
         self.normalization: str | None = None
         self.window_size = self.backbone_config.img_size
@@ -155,6 +173,8 @@ class FinetuneTask(L.LightningModule):
         """Create the head for ``classes`` and the metrics (once)."""
         if len(classes) < 2 and self.task != "multilabel":
             raise GeoExploraError(f"a {self.task} task needs at least 2 classes, got {classes}")
+        if isinstance(self.class_weights, list) and len(self.class_weights) != len(classes):
+            raise GeoExploraError(f"{len(self.class_weights)} class_weights for {len(classes)} classes {list(classes)}")
         self.classes = list(classes)
         self.model = build_task_model(self.backbone, TaskConfig(self.task, self.head_options), len(classes))
         metrics = task_metrics(self.task, len(classes), self.ignore_index)
@@ -186,6 +206,14 @@ class FinetuneTask(L.LightningModule):
         if options.get("image") is not None:
             self.window_size = int(options["window_size"])
         self.file_bands = list(options["band_names"]) if options.get("band_names") else None
+        if self.class_weights == "frequency" and self.criterion.class_weights is None:
+            if not hasattr(data, "class_pixel_counts"):
+                raise GeoExploraError(f"class_weights: frequency needs class pixel counts, which "
+                                      f"{type(data).__name__} does not give; list the weights instead")
+            counts = data.class_pixel_counts()
+            self.criterion.class_weights = frequency_class_weights(counts)
+            logger.info("class weights from the training masks' pixel counts %s: %s", counts.tolist(),
+                        [round(w, 3) for w in self.criterion.class_weights.tolist()])
 
     def forward(self, image: Tensor) -> Tensor:
         return self.model(image)
@@ -196,6 +224,8 @@ class FinetuneTask(L.LightningModule):
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits, target.float())
+        if self.task == "segmentation":
+            return self.criterion(logits, target)
         if (target == self.ignore_index).all():
             return logits.sum() * 0.0
         return F.cross_entropy(logits, target, ignore_index=self.ignore_index)

@@ -288,6 +288,25 @@ class LabelledRasterDataModule(L.LightningDataModule):
             out["label"] = counts.argmax() if counts.sum() > 0 else torch.tensor(ignore)
         return out
 
+    def class_pixel_counts(self) -> Tensor:
+        """Labelled pixels of each class (K,) int64 in the training split, read once on a grid over its blocks.
+
+        Only for raster labels in ``mask`` mode (segmentation); ``ignore_index`` pixels are not counted.
+        """
+        self.setup()
+        if self.options["tiles"] is not None or self.options["label_mode"] != "mask":
+            raise GeoExploraError("class pixel counts need segmentation masks "
+                                  "(image with mask or vector, label_mode mask)")
+        train = self.samplers["train"]
+        if train is None:
+            raise GeoExploraError(f"the train split is empty (split_fractions {self.options['split_fractions']})")
+        grid = BlockWindowSampler(train.blocks, train.res, train.size, None, self.options["seed"])
+        ignore, counts = self.options["ignore_index"], torch.zeros(len(self.classes), dtype=torch.long)
+        for query in grid:
+            mask = self.datasets["train"][query]["mask"]
+            counts += torch.bincount(mask[mask != ignore].flatten(), minlength=len(self.classes))
+        return counts
+
     def prepare_tile(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"image": self.normalizer(sample["image"], sample["valid"]), "label": sample["label"]}
 
