@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
 from torch import nn
@@ -38,7 +39,9 @@ from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy, parameter_report, read_state_dict
 from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig
 from geoexplora.models.lineage import make_lineage
-from geoexplora.models.ssl import DINOv2Objective, DINOv2Options, MAEObjective, MAEOptions
+from geoexplora.models.ssl import DINOv2Objective, DINOv2Options, MAEObjective, MAEOptions, forward_tokens
+from geoexplora.models.ssl.teacher import eval_mode
+from geoexplora.tasks.knn_probe import KNNProbe, KNNProbeOptions
 from geoexplora.tasks.learning_monitor import LearningMonitor
 from geoexplora.transforms import MAEAugmentation, MultiCropAugmentation
 
@@ -111,6 +114,8 @@ class PretrainTask(L.LightningModule):
         monitor_every_n_steps: record the learning monitors every N steps (``monitors.csv``/``.png``).
         collapse_patience: steps of a uniform teacher before the collapse warning.
         export: DINOv2: export the EMA ``teacher`` (default) or the ``student``.
+        probe: a labelled raster for a k-NN probe of the exported features every N steps (logged as
+            ``probe_knn_accuracy``), or null.
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class PretrainTask(L.LightningModule):
         monitor_every_n_steps: int = 1,
         collapse_patience: int = 50,
         export: Literal["teacher", "student"] = "teacher",
+        probe: KNNProbeOptions | None = None,
     ) -> None:
         super().__init__()
         if objective not in ("dinov2", "mae"):
@@ -147,12 +153,14 @@ class PretrainTask(L.LightningModule):
         self.lr, self.weight_decay, self.weight_decay_end = lr, weight_decay, weight_decay_end
         self.warmup_steps, self.layerwise_lr_decay, self.patch_embed_lr_mult = warmup_steps, layerwise_lr_decay, patch_embed_lr_mult
         self.monitor_every_n_steps, self.collapse_patience, self.export = monitor_every_n_steps, collapse_patience, export
+        self.probe = probe
         # Plain values only: Lightning's .ckpt is read back with weights_only=True.
         self.save_hyperparameters({
             "backbone": self.requested_backbone.to_dict(), "strategy": self.strategy_config.to_dict(),
             "objective": objective, "dinov2": asdict(self.dinov2_options), "mae": asdict(self.mae_options),
             "lr": lr, "weight_decay": weight_decay, "weight_decay_end": weight_decay_end, "warmup_steps": warmup_steps,
             "layerwise_lr_decay": layerwise_lr_decay, "patch_embed_lr_mult": patch_embed_lr_mult, "export": export,
+            "probe": asdict(probe) if probe else None,
         })
         self.skipped_windows = 0
         self._momentum = 1.0
@@ -250,7 +258,21 @@ class PretrainTask(L.LightningModule):
         )
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [LearningMonitor(self.monitor_every_n_steps, patience=self.collapse_patience)]
+        # The probe first: it adds its accuracy to the step's monitors before the learning monitor reads them.
+        probe = [KNNProbe(self.probe)] if self.probe is not None else []
+        return [*probe, LearningMonitor(self.monitor_every_n_steps, patience=self.collapse_patience)]
+
+    @torch.no_grad()
+    def probe_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Class tokens (N, D) of normalised images (N, C, h, w), resized to the pre-training input size, from
+        the network the checkpoint holds (the EMA teacher for DINOv2 with ``export: teacher``)."""
+        dinov2 = self.objective_name == "dinov2"
+        size = self.dinov2_options.global_crop_size if dinov2 else self.mae_options.crop_size
+        x = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        if dinov2 and self.export == "teacher":
+            return self.objective.teacher(self.objective.student, x)[0]
+        with eval_mode(self.backbone):
+            return forward_tokens(self.backbone, x)[0]
 
     # --- optimisation ------------------------------------------------------------------------------------
 

@@ -224,3 +224,23 @@ def test_prototypes_stay_frozen_for_the_first_steps(multiband_geotiff: Path, tmp
     # never stepped: the EMA of an unchanged tensor is that tensor (up to float rounding)
     assert torch.allclose(prototypes, ema, atol=1e-6)
     assert not torch.allclose(*mlp, atol=1e-6)  # the rest of the head trained
+
+
+def test_knn_probe_is_logged_and_plotted(multiband_geotiff: Path, tmp_path: Path):
+    labels = fake_rasters.write_label_raster(tmp_path / "labels.tif", num_classes=2)  # same grid as the image
+    assert run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path / "run", "--data.paths", f"[{multiband_geotiff}]",
+               "--trainer.max_steps", "3", "--model.probe.image", str(multiband_geotiff),
+               "--model.probe.labels", str(labels), "--model.probe.window_size", "8",
+               "--model.probe.every_n_steps", "2", "--model.probe.min_valid", "0.5") == 0
+    rows = (tmp_path / "run" / "monitors.csv").read_text().splitlines()
+    column = rows[0].split(",").index("probe_knn_accuracy")
+    values = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert len(values) == 3 and all(0.0 <= v <= 1.0 for v in values)  # after steps 1, 2 and the last (3)
+
+
+def test_knn_probe_needs_two_classes_in_both_halves(multiband_geotiff: Path, tmp_path: Path):
+    labels = fake_rasters.write_label_raster(tmp_path / "one.tif", num_classes=1)
+    with pytest.raises(GeoExploraError, match="at least 2 classes"):
+        run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path / "run", "--data.paths", f"[{multiband_geotiff}]",
+            "--model.probe.image", str(multiband_geotiff), "--model.probe.labels", str(labels),
+            "--model.probe.window_size", "8", "--model.probe.min_valid", "0.5")
