@@ -12,6 +12,7 @@ Each stage runs the same command a user would, with the filled-in recipes writte
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import yaml
 from geoexplora.errors import GeoExploraError
 from geoexplora.samples import fetch_landsat_sample
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+#: The recipes shipped with the package (``recipes/`` in a checkout links here).
+RECIPES = resources.files("geoexplora") / "recipes"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +43,7 @@ def _write_recipe(template: str, out: Path, **sections: dict) -> Path:
     """``recipes/<template>`` with ``sections`` merged in, written to ``out/recipes/``."""
     source = RECIPES / template
     if not source.is_file():
-        raise GeoExploraError(f"{source}: demo recipe not found (run the demo from a geoexplora checkout)")
+        raise GeoExploraError(f"{source}: demo recipe not found; reinstall geoexplora (the recipes ship with it)")
     recipe = yaml.safe_load(source.read_text())
     _merge(recipe, sections)
     path = out / "recipes" / template.removeprefix("demo-")
