@@ -337,8 +337,21 @@ class PretrainTask(L.LightningModule):
         global_crops, _ = self.augment(inputs[0])
         generator = torch.Generator().manual_seed(datamodule.seed)
         self.objective.initialise_heads(global_crops, generator)
+        self._broadcast_heads()
         self.heads_initialised.fill_(True)
         logger.info("pretrain: DINOv2 heads fitted to %d windows of the start model", inputs[0].shape[0])
+
+    @torch.no_grad()
+    def _broadcast_heads(self) -> None:
+        """Under DDP, give every process rank 0's fitted heads and teacher: the windows' augmentations may
+        differ between processes, and DDP synchronises parameters only when it wraps the model."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        student = self.objective.student
+        modules = [student.dino_head, self.objective.teacher] + ([student.ibot_head] if student.ibot_head else [])
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                torch.distributed.broadcast(tensor.data, src=0)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Freeze the prototypes during the first ``dinov2.freeze_prototypes_steps`` steps (DINOv2's

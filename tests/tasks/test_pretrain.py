@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,3 +247,18 @@ def test_knn_probe_needs_two_classes_in_both_halves(multiband_geotiff: Path, tmp
         run(RECIPES / "tiny-pretrain-dinov2.yaml", tmp_path / "run", "--data.paths", f"[{multiband_geotiff}]",
             "--model.probe.image", str(multiband_geotiff), "--model.probe.labels", str(labels),
             "--model.probe.window_size", "8", "--model.probe.min_valid", "0.5")
+
+
+def test_ddp_on_two_cpu_processes_writes_one_checkpoint(multiband_geotiff: Path, tmp_path: Path):
+    # Two gloo processes: the data-initialised heads are broadcast from rank 0, the centre is all-reduced,
+    # and only rank 0 exports.
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "geoexplora", "pretrain", "--config", str(RECIPES / "tiny-pretrain-dinov2.yaml"),
+               "--out", str(out), "--data.paths", f"[{multiband_geotiff}]", "--trainer.devices", "2",
+               "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.max_steps", "2",
+               "--trainer.enable_progress_bar", "false"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("heads fitted to") == 2  # once per process
+    check_checkpoint(out, "dinov2")
+    assert torch.load(out / "lightning" / "last.ckpt", weights_only=True)["global_step"] == 2
