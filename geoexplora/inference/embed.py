@@ -233,7 +233,8 @@ def embed_rasters(
 
     ``out`` gets one row per window with at least one valid pixel: ``geometry`` (the window's part inside
     its raster, in the raster CRS), ``source`` (file path), ``row``/``col`` (window origin, pixels),
-    ``date`` (when any file name holds a ``YYYYMMDD`` date) and ``embedding`` (fixed-size list of D float32:
+    ``date`` (when any file name holds a ``YYYYMMDD`` date), ``centre_lat``/``centre_lon``/``timestamp`` (TorchGeo's
+    embedding columns) and ``embedding`` (fixed-size list of D float32:
     the cls token, or the mean of the patch tokens, of the backbone's final normed tokens).
 
     ``dense`` (``emb.tif``; with several rasters ``emb_<raster stem>.tif`` each) gets per-patch tokens
@@ -480,8 +481,12 @@ def _write_preview(dense: Path, png: Path) -> None:
 
 def _write_table(table: list[tuple[int, list[TileWindow], np.ndarray]], sources: Sequence[_Source], out: Path,
                  dim: int) -> None:
-    """The GeoParquet: geometry, source, row, col, [date], embedding (fixed-size list of ``dim`` float32).
+    """The GeoParquet: geometry, source, row, col, [date], centre_lat, centre_lon, timestamp, embedding.
 
+    ``embedding`` is a fixed-size list of ``dim`` float32; ``centre_lat``/``centre_lon`` (float64, degrees,
+    WGS 84) the centre of the window's part inside the raster; ``timestamp`` (UTC) the source's date, null
+    when unknown. Those four are the columns of TorchGeo's embedding datasets
+    (:class:`torchgeo.datasets.EarthEmbeddings`), so its readers load the file as theirs.
     Held in memory until written: windows x ``dim`` float32 (100k windows of 768 dims: 300 MB).
     """
     windows = [(i, w) for i, ws, _ in table for w in ws]
@@ -491,8 +496,12 @@ def _write_table(table: list[tuple[int, list[TileWindow], np.ndarray]], sources:
         "row": np.array([w.y for _, w in windows], dtype=np.int64),
         "col": np.array([w.x for _, w in windows], dtype=np.int64),
     })
+    days = pd.to_datetime([sources[i].day for i, _ in windows])
     if any(s.day is not None for s in sources):
-        frame["date"] = pd.to_datetime([sources[i].day for i, _ in windows])
+        frame["date"] = days
+    centres = gpd.GeoSeries(shapely.centroid(polygons), crs=sources[0].info.crs).to_crs("EPSG:4326")
+    frame["centre_lat"], frame["centre_lon"] = centres.y.to_numpy(), centres.x.to_numpy()
+    frame["timestamp"] = days.tz_localize("UTC")
     vectors = np.concatenate([e for _, _, e in table]).astype(np.float32)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     frame["embedding"] = pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(flat, dim))
