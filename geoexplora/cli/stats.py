@@ -14,7 +14,8 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("stats", help="per-band mean, std and 2-98 percentiles of rasters")
-    parser.add_argument("--raster", nargs="+", required=True, help="GeoTIFF files or folders")
+    parser.add_argument("--raster", nargs="+", required=True,
+                        help="rasters or folders; GDAL paths (/vsicurl/, /vsizip/), URLs and STAC item JSONs too")
     parser.add_argument("--band-names", help="comma-separated names of all the file's bands (default: "
                         "the file's band descriptions, else B1..Bn)")
     parser.add_argument("--bands", help="comma-separated subset of band names to use")
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         partial = args.out.with_name(f".{args.out.name}.partial")
         partial.write_text(json.dumps(stats.to_dict(), indent=2))
         os.replace(partial, args.out)
+        print(f"statistics: {args.out}")
     if args.json:
         print(json.dumps(stats.to_dict()))
         return 0

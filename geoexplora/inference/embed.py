@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from geoexplora.data.raster import GeoRasterDataset
+from geoexplora.data.sources import resolve_inputs
 from geoexplora.inference.bands import model_band_indexes
 from geoexplora.data.stats import BandStatistics, Normalizer, compute_band_statistics
 from geoexplora.data.temporal import parse_file_date
@@ -126,7 +127,7 @@ def embed_raster(
     """
     geomodel = model if isinstance(model, GeoModel) else load_model(model)
     options.setdefault("tile", geomodel.preprocessing.window_size)
-    rasters = [raster] if isinstance(raster, (str, Path)) else list(raster)
+    rasters = [raster] if isinstance(raster, (str, os.PathLike)) else list(raster)
     return embed_rasters(rasters, out, model_encoder(geomodel), **options)
 
 
@@ -264,7 +265,7 @@ def embed_rasters(
             ``overwrite``) or a missing output folder; after pass 1 when every window is nodata.
     """
     started = time.perf_counter()
-    paths = [Path(r) for r in rasters]
+    paths = resolve_inputs(rasters, encoder.config.bands)
     if not paths:
         raise GeoExploraError("no raster given to embed")
     out = Path(out)
