@@ -41,10 +41,10 @@ from geoexplora.tasks.export import ExportCheckpoint
 
 # Lightning's messages that tell a geoexplora user nothing actionable, matched by their text.
 KNOWN_WARNINGS = (
-    r".*LeafSpec.* is deprecated",
+    r".*LeafSpec.* is deprecated",  # torch.utils._pytree, through Lightning
     r"LightningCLI's args parameter is intended",
     r"The '\w+_dataloader' does not have many workers",
-    r".*`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r".*deprecated in v4\.\d+\.\d+ and will be removed in v5",  # jsonargparse, called by LightningCLI
 )
 # Loggers whose INFO lines are the GPU/TPU/HPU availability, tips, "`Trainer.fit` stopped" and LOCAL_RANK.
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
