@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with progress_off(args.quiet or args.no_progress):
                 status = args.run(args)
             if status == 0 and not args.quiet:
-                print(closing_line(args.command, time.monotonic() - started))
+                # On stderr: stdout stays the command's results (``--json`` output parses as is).
+                print(closing_line(args.command, time.monotonic() - started), file=sys.stderr)
             return status
     except GeoExploraError as error:
         print(f"geoexplora: error: {error}", file=sys.stderr)

@@ -22,6 +22,7 @@ loss, elapsed time and peak memory.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -166,5 +167,6 @@ def run_lightning(
     if not quiet:
         progress = next((c for c in cli.trainer.callbacks if isinstance(c, StepProgress)), None)
         out = Path(cli.config["out"])
-        print("\n".join(summary_lines(command, cli.trainer, out, time.monotonic() - started, progress)))
+        lines = summary_lines(command, cli.trainer, out, time.monotonic() - started, progress)
+        print("\n".join(lines), file=sys.stderr)
     return 0

@@ -33,7 +33,8 @@ class StepProgress(Callback):
     Args:
         every_steps: without a terminal, print every this many optimiser steps.
         every_seconds: without a terminal, also print when this many seconds passed since the last line.
-        stream: where to write (default ``sys.stdout``); a terminal when its ``isatty()`` is true.
+        stream: where to write (default ``sys.stderr``, with the other informational lines; stdout is for
+            results); a terminal when its ``isatty()`` is true.
     """
 
     def __init__(self, every_steps: int = 50, every_seconds: float = 30.0, stream: TextIO | None = None) -> None:
@@ -49,7 +50,7 @@ class StepProgress(Callback):
 
     @property
     def out(self) -> TextIO:
-        return self.stream or sys.stdout
+        return self.stream or sys.stderr
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.total = trainer.max_steps if trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)

@@ -43,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
         partial = args.out.with_name(f".{args.out.name}.partial")
         partial.write_text(json.dumps(stats.to_dict(), indent=2))
         os.replace(partial, args.out)
-        print(f"statistics: {args.out}")
     if args.json:
         print(json.dumps(stats.to_dict()))
         return 0
@@ -52,4 +51,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'band':<14}{'mean':>12}{'std':>12}{'p2':>12}{'p98':>12}")
     for name, s in stats.bands.items():
         print(f"{name:<14}{s.mean:>12.4g}{s.std:>12.4g}{s.p2:>12.4g}{s.p98:>12.4g}")
+    if args.out:
+        print(f"statistics: {args.out}")
     return 0

@@ -43,10 +43,11 @@ def test_pretrain_logs_to_tensorboard_where_the_recipe_says_and_ends_with_a_summ
     assert [e.step for e in scalars.Scalars("loss")] == [0, 1]
     assert not (out / "logs").exists()  # the recipe's logger replaces the CSV default
     assert (out / "checkpoint" / "model.safetensors").is_file()
-    assert "step 2/2  loss " in printed.out  # stdout is not a terminal: plain lines
-    assert "geoexplora pretrain: 2 steps in " in printed.out and "peak memory" in printed.out
-    assert f"checkpoint  {out / 'checkpoint'}" in printed.out
-    assert f"logs        {events[0].parent} (TensorBoardLogger)" in printed.out
+    assert "step 2/2  loss " in printed.err  # not a terminal: plain lines, on stderr with the other information
+    assert "geoexplora pretrain: 2 steps in " in printed.err and "peak memory" in printed.err
+    assert f"checkpoint  {out / 'checkpoint'}" in printed.err
+    assert f"logs        {events[0].parent} (TensorBoardLogger)" in printed.err
+    assert printed.out == ""  # stdout is for results; a run has none
     assert not [n for n in NOISE if n in printed.out + printed.err], printed.out + printed.err
 
 
@@ -68,10 +69,11 @@ def test_step_progress_prints_every_n_steps_without_a_terminal(monkeypatch: pyte
 def test_quiet_and_no_progress_on_every_command(multiband_geotiff: Path, capfd: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["stats", "--raster", str(multiband_geotiff), "--windows", "4"]) == 0
-    loud = capfd.readouterr().out
-    assert "geoexplora stats: done in " in loud and "peak memory" in loud
+    loud = capfd.readouterr()
+    assert "geoexplora stats: done in " in loud.err and "peak memory" in loud.err
+    assert "done in" not in loud.out  # stdout holds only the results
     assert main(["stats", "--raster", str(multiband_geotiff), "--windows", "4", "--quiet"]) == 0
-    assert "done in" not in capfd.readouterr().out
+    assert "done in" not in capfd.readouterr().err
     subcommands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 (argparse keeps them there)
     for name, sub in subcommands.items():
         if name in ("pretrain", "finetune"):
