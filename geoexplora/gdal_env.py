@@ -1,4 +1,5 @@
-"""GDAL's reading options for cloud-optimised rasters over HTTP and object stores, set for one call.
+"""GDAL's names for remote files (``/vsicurl/``, ``/vsis3/``...) and its reading options for cloud-optimised
+rasters, set for one call.
 
 Light (no GDAL import): the ``geoexplora`` command wraps every sub-command in :func:`cloud_gdal_env`.
 """
@@ -9,7 +10,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-REMOTE_PREFIXES = ("/vsi", "http://", "https://", "s3://", "gs://", "az://")
+URL_TO_VSI = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/",
+              "az://": "/vsiaz/"}
+REMOTE_PREFIXES = ("/vsi", *URL_TO_VSI)
 # GDAL's advice for cloud-optimised GeoTIFFs over HTTP/S3 (https://gdal.org/user/configoptions.html).
 CLOUD_GDAL_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no sidecar probing (remote only)
@@ -23,9 +26,22 @@ CLOUD_GDAL_OPTIONS = {
 }
 
 
+def is_gdal_path(text: str) -> bool:
+    """True for a GDAL virtual path (``/vsi...``) or a URL GDAL reads (``http(s)://``, ``s3://``, ...)."""
+    return text.startswith(REMOTE_PREFIXES)
+
+
+def to_gdal_path(text: str) -> str:
+    """``https://host/a.tif`` -> ``/vsicurl/https://host/a.tif``, ``s3://b/k`` -> ``/vsis3/b/k``; others unchanged."""
+    for prefix, vsi in URL_TO_VSI.items():
+        if text.startswith(prefix):
+            return vsi + (text if vsi == "/vsicurl/" else text[len(prefix):])
+    return text
+
+
 def names_remote(arguments: list[str]) -> bool:
     """True when a command-line argument is a GDAL virtual path or a URL."""
-    return any(a.startswith(REMOTE_PREFIXES) for a in arguments)
+    return any(is_gdal_path(a) for a in arguments)
 
 
 @contextmanager

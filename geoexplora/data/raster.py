@@ -22,7 +22,8 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from geoexplora.bands import default_band_names
-from geoexplora.data.sources import InputPath, as_input_path, is_stac_source, stac_rasters
+from geoexplora.data.sources import InputPath, as_input_path
+from geoexplora.data.stac import is_stac_source, stac_rasters
 from geoexplora.errors import GeoExploraError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2")

@@ -23,7 +23,9 @@ import fake_rasters
 import range_server
 from geoexplora.cli import main
 from geoexplora.data import GeoRasterDataset, compute_band_statistics, find_raster_files
-from geoexplora.data.sources import GdalPath, as_input_path, stac_rasters, to_gdal_path
+from geoexplora.data.sources import GdalPath, as_input_path
+from geoexplora.data.stac import stac_rasters
+from geoexplora.gdal_env import to_gdal_path
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, save_checkpoint
 from geoexplora.tasks.finetune import FinetuneTask
