@@ -44,6 +44,7 @@ from geoexplora.tasks.export import ExportCheckpoint
 KNOWN_WARNINGS = (
     r".*LeafSpec.* is deprecated",  # torch.utils._pytree, through Lightning
     r"LightningCLI's args parameter is intended",
+    r"No seed found, seed set to",
     r"The '\w+_dataloader' does not have many workers",
     r".*deprecated in v4\.\d+\.\d+ and will be removed in v5",  # jsonargparse, called by LightningCLI
 )
@@ -117,7 +118,9 @@ def summary_lines(command: str, trainer: L.Trainer, out: Path, seconds: float, p
     lines = [f"geoexplora {command}: {trainer.global_step} steps in {format_duration(seconds)}, "
              f"peak memory {peak_memory()}"]
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    loss = progress.last_loss if progress is not None and progress.last_loss is not None else metrics.get("loss")
+    # The last step's loss: seen by the progress callback, else as logged (pretrain "loss", finetune "train/loss").
+    loss = progress.last_loss if progress is not None else None
+    loss = loss if loss is not None else metrics.get("loss", metrics.get("train/loss"))
     figures = [f"final loss {loss:.4f}"] if loss is not None else []
     figures += [f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("val/")]
     if figures:
