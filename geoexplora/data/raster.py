@@ -22,7 +22,7 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from geoexplora.bands import default_band_names
-from geoexplora.data.sources import InputPath, as_input_path
+from geoexplora.data.sources import GdalPath, InputPath, as_input_path
 from geoexplora.data.stac import is_stac_source, stac_rasters
 from geoexplora.errors import GeoExploraError
 
@@ -46,7 +46,8 @@ def find_raster_files(paths: PathLike | Iterable[PathLike], bands: Sequence[str]
     """The rasters named by files, folders, GDAL paths and STAC JSONs, in the order given.
 
     * a file (GeoTIFF, VRT, JPEG 2000, anything GDAL reads);
-    * a folder, searched recursively for ``.tif``/``.tiff``/``.vrt``/``.jp2`` (sorted);
+    * a folder, searched recursively for ``.tif``/``.tiff``/``.vrt``/``.jp2`` (sorted), local or one GDAL
+      lists (``/vsis3/bucket/scenes/``, ``/vsizip/scenes.zip/``: a GDAL path ending in ``/``);
     * a GDAL path or URL (``/vsicurl/...``, ``https://...``, ``s3://...``, ``/vsizip/a.zip/b.tif``), kept as
       a :class:`~geoexplora.data.sources.GdalPath`;
     * a STAC item or item collection (``.json`` file or URL): one VRT per item with ``bands`` (band names,
@@ -66,13 +67,20 @@ def find_raster_files(paths: PathLike | Iterable[PathLike], bands: Sequence[str]
         if not path.exists():
             raise GeoExploraError(f"{path}: no such file or folder")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+            found = _folder_rasters(path)
             if not found:
                 raise GeoExploraError(f"{path}: folder holds no {'/'.join(RASTER_SUFFIXES)} file")
             files.extend(found)
         else:
             files.append(path)
     return list(dict.fromkeys(files))
+
+
+def _folder_rasters(folder: InputPath) -> list[InputPath]:
+    """The rasters under a local or GDAL-listable folder, by suffix, sorted."""
+    if isinstance(folder, GdalPath):
+        return sorted((p for p in folder.files() if p.suffix.lower() in RASTER_SUFFIXES), key=str)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
 
 
 def inspect_raster(path: InputPath) -> RasterInfo:

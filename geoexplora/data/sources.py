@@ -54,8 +54,8 @@ class GdalPath(os.PathLike):
         return self._tail.suffix
 
     def exists(self) -> bool:
-        """True when GDAL can open it (one request for a remote file)."""
-        return self.is_file()
+        """True when GDAL can open it as a raster (one request for a remote file) or list it as a folder."""
+        return self.is_dir() or self.is_file()
 
     def is_file(self) -> bool:
         try:
@@ -65,7 +65,18 @@ class GdalPath(os.PathLike):
             return False
 
     def is_dir(self) -> bool:
-        return False
+        """True for a folder GDAL can list: a path ending in ``/`` (``/vsis3/bucket/scenes/``, ``/vsizip/a.zip/``)."""
+        return self.text.endswith("/") and bool(self.files())
+
+    def files(self) -> list[GdalPath]:
+        """Every file under this folder, recursively (GDAL's listing, through pyogrio); [] if it cannot be listed."""
+        from pyogrio import vsi_listtree
+
+        try:
+            entries = vsi_listtree(self.text)
+        except (OSError, ValueError):
+            return []
+        return [GdalPath(e) for e in entries if not e.endswith("/")]
 
     def resolve(self) -> GdalPath:
         """Already absolute: itself."""

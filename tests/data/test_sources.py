@@ -95,11 +95,16 @@ def test_stats_read_http_and_zip_as_the_local_file(server, tmp_path: Path, capsy
     archive = tmp_path / "scenes.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.write(L7, "inner/L7_ETMs.tif")
+        zipped.write(SHARED_DATA / "landsat_rgb" / "RGB.byte.tif", "inner/rgb/RGB.byte.tif")
+        zipped.writestr("inner/README.txt", "not a raster")
     results = []
     for raster in (str(L7), f"{server.url}/landsat7_stars/L7_ETMs.tif", f"/vsizip/{archive}/inner/L7_ETMs.tif"):
         assert main(["stats", "--raster", raster, "--json", "--windows", "8", "--quiet"]) == 0
         results.append(json.loads(capsys.readouterr().out))
     assert results[0]["bands"] and results[1] == results[0] and results[2] == results[0]
+    # A GDAL folder (a path ending in /) is listed like a local one.
+    assert find_raster_files([f"/vsizip/{archive}/inner/"]) == [
+        GdalPath(f"/vsizip/{archive}/inner/L7_ETMs.tif"), GdalPath(f"/vsizip/{archive}/inner/rgb/RGB.byte.tif")]
 
 
 def test_folder_scan_finds_vrt_and_jp2(tmp_path: Path) -> None:
