@@ -25,7 +25,7 @@ from geoexplora.cli import main
 from geoexplora.data import GeoRasterDataset, compute_band_statistics, find_raster_files
 from geoexplora.data.sources import GdalPath, as_input_path
 from geoexplora.data.stac import stac_rasters
-from geoexplora.gdal_env import to_gdal_path
+from geoexplora.gdal_env import cloud_gdal_env, names_remote, to_gdal_path
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, save_checkpoint
 from geoexplora.tasks.finetune import FinetuneTask
@@ -71,6 +71,20 @@ def test_gdal_paths_stay_strings() -> None:
     assert (remote.name, remote.stem, remote.suffix) == ("scene.tif", "scene", ".tif")
     assert as_input_path("/vsizip//data/a.zip/b/c.jp2").name == "c.jp2"
     assert isinstance(as_input_path("local/scene.tif"), Path)
+
+
+def test_cloud_options_are_set_for_the_call_and_the_users_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GDAL_DISABLE_READDIR_ON_OPEN", raising=False)
+    monkeypatch.delenv("GDAL_HTTP_MERGE_CONSECUTIVE_RANGES", raising=False)
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "9")
+    with cloud_gdal_env(remote=True):
+        assert os.environ["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+        assert os.environ["GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"] == "YES"
+        assert os.environ["GDAL_HTTP_MAX_RETRY"] == "9"
+    assert "GDAL_DISABLE_READDIR_ON_OPEN" not in os.environ and os.environ["GDAL_HTTP_MAX_RETRY"] == "9"
+    with cloud_gdal_env(remote=False):  # local sidecars (.aux.xml, .ovr, .msk) still found
+        assert os.environ["GDAL_DISABLE_READDIR_ON_OPEN"] == "TRUE"
+    assert names_remote(["predict", "--raster", "s3://b/k.tif"]) and not names_remote(["--raster", "a.tif"])
 
 
 def test_prediction_over_http_is_byte_identical_to_the_local_file(server, l7_checkpoint: Path, tmp_path: Path,
