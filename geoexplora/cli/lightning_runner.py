@@ -60,6 +60,10 @@ def silence_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
+RUN_FLAGS_HELP = ("Also: --resume (continue from OUT/lightning/last.ckpt), --quiet (no progress, no summary), "
+                  "--no-progress (no progress lines; TQDM_DISABLE=1 does the same).")
+
+
 def _pop_flag(argv: list[str], flag: str) -> bool:
     """Remove ``flag`` from ``argv``; True when it was there."""
     present = flag in argv
@@ -156,7 +160,7 @@ def run_lightning(
             command=command,
             show_progress=not no_progress,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": f"geoexplora {command}"},
+            parser_kwargs={"prog": f"geoexplora {command}", "epilog": RUN_FLAGS_HELP},
         )
     except SystemExit as exit_:
         return int(exit_.code or 0)

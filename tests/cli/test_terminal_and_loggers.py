@@ -94,3 +94,15 @@ def test_no_progress_and_tqdm_disable_turn_every_bar_off(flag: bool, env: str | 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     with progress_off(False):
         assert not tqdm(total=3, disable=False, file=io.StringIO()).disable
+
+
+def test_pretrain_quiet_prints_nothing_but_warnings(multiband_geotiff: Path, tmp_path: Path,
+                                                    capfd: pytest.CaptureFixture[str]) -> None:
+    argv = ["pretrain", "--config", str(RECIPES / "tiny-pretrain-dinov2.yaml"), "--data.paths", f"[{multiband_geotiff}]",
+            "--trainer.max_steps", "1", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 0
+    printed = capfd.readouterr()
+    assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
+    assert printed.out == ""
+    for text in ("step 1/1", "geoexplora pretrain:", "pretrain data:", "checkpoint  ", *NOISE):
+        assert text not in printed.err, text
