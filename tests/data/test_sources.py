@@ -1,7 +1,7 @@
 """Inputs where analysts keep imagery: HTTP range reads, /vsizip/, .vrt/.jp2 folders, STAC items and collections.
 
 Real rasters from ``../shared/data`` served by a local range-capable HTTP server (tests/range_server.py)
-or described by STAC JSON written here; skipped when that folder is absent.
+or described by STAC JSON written here; those tests skip when that folder is absent.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from geoexplora.models import BackboneConfig, save_checkpoint
 from geoexplora.tasks.finetune import FinetuneTask
 from shared_paths import SHARED_DATA
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} (real sample data) is absent")
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} (real sample data) is absent")
 
 L7 = SHARED_DATA / "landsat7_stars" / "L7_ETMs.tif"
 PATCH = SHARED_DATA / "bigearthnet_tiny" / "S2B_MSIL2A_20170927T094019_66_56"
@@ -87,6 +87,7 @@ def test_cloud_options_are_set_for_the_call_and_the_users_win(monkeypatch: pytes
     assert names_remote(["predict", "--raster", "s3://b/k.tif"]) and not names_remote(["--raster", "a.tif"])
 
 
+@needs_shared
 def test_prediction_over_http_is_byte_identical_to_the_local_file(server, l7_checkpoint: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     url = f"{server.url}/landsat7_stars/L7_ETMs.tif"
@@ -105,6 +106,7 @@ def test_prediction_over_http_is_byte_identical_to_the_local_file(server, l7_che
         assert src.shape == (352, 349) and len(np.unique(src.read(1))) > 1  # a real map, not a constant
 
 
+@needs_shared
 def test_stats_read_http_and_zip_as_the_local_file(server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     archive = tmp_path / "scenes.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
@@ -158,6 +160,7 @@ def _patch_item(folder: Path) -> Path:
     return path
 
 
+@needs_shared
 def test_stac_item_picks_assets_by_band_and_common_name(tmp_path: Path) -> None:
     item = _patch_item(tmp_path)
     vrt, = stac_rasters(item, ["blue", "green", "red", "B08", "rededge"], cache_dir=tmp_path / "cache")
@@ -192,6 +195,7 @@ def _slovenia_collection(folder: Path, scenes: list[int]) -> Path:
     return path
 
 
+@needs_shared
 def test_stac_collection_embeds_like_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEOEXPLORA_CACHE", str(tmp_path / "cache"))
