@@ -14,11 +14,14 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from geoexplora import __version__
 from geoexplora.cli import demo, embed, evaluate, export, info, predict, stats
+from geoexplora.cli.terminal import add_terminal_options, closing_line, progress_off
 from geoexplora.errors import GeoExploraError
+from geoexplora.gdal_env import cloud_gdal_env, names_remote
 
 COMMANDS = (info, stats, evaluate, predict, embed, export, demo)
 # command -> (module with main(argv), one-line help); parsed by LightningCLI, see cli/lightning_runner.py.
@@ -38,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
+    for name in subparsers.choices:
+        add_terminal_options(subparsers.choices[name])
     for name, (_, help_text) in LIGHTNING_COMMANDS.items():
-        subparsers.add_parser(name, help=f"{help_text} (--config RECIPE.yaml, dotted overrides; --help for keys)")
+        subparsers.add_parser(name, help=f"{help_text} (--config RECIPE.yaml, dotted overrides, --resume, "
+                              "--quiet, --no-progress; --help for keys)")
     return parser
 
 
@@ -56,14 +62,21 @@ def _log_to_stderr(level: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI in-process (tests call ``main([...])``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    started = time.monotonic()
     try:
-        if argv and argv[0] in LIGHTNING_COMMANDS:
-            _log_to_stderr(logging.INFO)
-            module = importlib.import_module(LIGHTNING_COMMANDS[argv[0]][0])
-            return module.main(argv[1:])
-        args = build_parser().parse_args(argv)
-        _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
-        return args.run(args)
+        with cloud_gdal_env(remote=names_remote(argv)):
+            if argv and argv[0] in LIGHTNING_COMMANDS:
+                _log_to_stderr(logging.WARNING if "--quiet" in argv else logging.INFO)
+                module = importlib.import_module(LIGHTNING_COMMANDS[argv[0]][0])
+                return module.main(argv[1:])  # prints its own summary (cli/lightning_runner.py)
+            args = build_parser().parse_args(argv)
+            _log_to_stderr(logging.INFO if args.verbose and not args.quiet else logging.WARNING)
+            with progress_off(args.quiet or args.no_progress):
+                status = args.run(args)
+            if status == 0 and not args.quiet:
+                # On stderr: stdout stays the command's results (``--json`` output parses as is).
+                print(closing_line(args.command, time.monotonic() - started), file=sys.stderr)
+            return status
     except GeoExploraError as error:
         print(f"geoexplora: error: {error}", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ DEFAULT_PCA = 3
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("embed", help="embed raster windows into GeoParquet (and a dense PCA GeoTIFF)")
-    parser.add_argument("--raster", nargs="+", required=True, type=Path, help="GeoTIFFs with the same bands")
+    parser.add_argument("--raster", nargs="+", required=True, help="rasters with the same bands (GDAL paths, URLs "
+                        "and STAC item JSONs too)")
     parser.add_argument("--checkpoint", type=Path, help="pretrain or fine-tuning checkpoint folder")
     parser.add_argument("--backbone", help="timm ViT name, instead of --checkpoint")
     parser.add_argument("--weights", help="with --backbone: 'timm' or a local .safetensors/.pth file "

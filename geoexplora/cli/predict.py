@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = read_checkpoint(args.checkpoint)
     check_predictable(config, Path(args.checkpoint))
-    rasters = find_raster_files(args.raster)
+    rasters = find_raster_files(args.raster, config.preprocessing.model_bands)
     outputs = _outputs(rasters, args.out)
     # Every check that needs no model runs first: a bad input fails in a second, not after loading.
     plans = []

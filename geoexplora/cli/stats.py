@@ -14,7 +14,8 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("stats", help="per-band mean, std and 2-98 percentiles of rasters")
-    parser.add_argument("--raster", nargs="+", required=True, help="GeoTIFF files or folders")
+    parser.add_argument("--raster", nargs="+", required=True,
+                        help="rasters or folders; GDAL paths (/vsicurl/, /vsizip/), URLs and STAC item JSONs too")
     parser.add_argument("--band-names", help="comma-separated names of all the file's bands (default: "
                         "the file's band descriptions, else B1..Bn)")
     parser.add_argument("--bands", help="comma-separated subset of band names to use")
@@ -50,4 +51,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'band':<14}{'mean':>12}{'std':>12}{'p2':>12}{'p98':>12}")
     for name, s in stats.bands.items():
         print(f"{name:<14}{s.mean:>12.4g}{s.std:>12.4g}{s.p2:>12.4g}{s.p98:>12.4g}")
+    if args.out:
+        print(f"statistics: {args.out}")
     return 0

@@ -22,9 +22,11 @@ from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from geoexplora.bands import default_band_names
+from geoexplora.data.sources import GdalPath, InputPath, as_input_path
+from geoexplora.data.stac import is_stac_source, stac_rasters
 from geoexplora.errors import GeoExploraError
 
-RASTER_SUFFIXES = (".tif", ".tiff")
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2")
 
 PathLike = str | os.PathLike[str]
 
@@ -33,38 +35,55 @@ PathLike = str | os.PathLike[str]
 class RasterInfo:
     """What a GeoTIFF header says: checked once, before TorchGeo indexes the files."""
 
-    path: Path
+    path: InputPath
     count: int
     dtype: str
     nodata: float | None
     descriptions: tuple[str | None, ...]
 
 
-def find_raster_files(paths: PathLike | Iterable[PathLike]) -> list[Path]:
-    """The GeoTIFFs named by a file, a folder (searched recursively for ``*.tif``/``*.tiff``) or a list of both.
+def find_raster_files(paths: PathLike | Iterable[PathLike], bands: Sequence[str] | None = None) -> list[InputPath]:
+    """The rasters named by files, folders, GDAL paths and STAC JSONs, in the order given.
 
-    Returns the files sorted within each folder, in the order the paths were given.
-    Raises GeoExploraError for a path that does not exist or a folder without any GeoTIFF.
+    * a file (GeoTIFF, VRT, JPEG 2000, anything GDAL reads);
+    * a folder, searched recursively for ``.tif``/``.tiff``/``.vrt``/``.jp2`` (sorted), local or one GDAL
+      lists (``/vsis3/bucket/scenes/``, ``/vsizip/scenes.zip/``: a GDAL path ending in ``/``);
+    * a GDAL path or URL (``/vsicurl/...``, ``https://...``, ``s3://...``, ``/vsizip/a.zip/b.tif``), kept as
+      a :class:`~geoexplora.data.sources.GdalPath`;
+    * a STAC item or item collection (``.json`` file or URL): one VRT per item with ``bands`` (band names,
+      asset keys or ``eo:bands`` common names; default all) picked, see :func:`~geoexplora.data.sources.stac_rasters`.
+
+    Raises GeoExploraError for a path that does not exist or a folder without any raster.
     """
     path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     if not path_list:
         raise GeoExploraError("no raster paths given: pass a GeoTIFF, a folder of GeoTIFFs or a list of them")
-    files: list[Path] = []
+    files: list[InputPath] = []
     for raw in path_list:
-        path = Path(raw)
+        if is_stac_source(raw):
+            files.extend(stac_rasters(raw, bands))
+            continue
+        path = as_input_path(raw)
         if not path.exists():
             raise GeoExploraError(f"{path}: no such file or folder")
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+            found = _folder_rasters(path)
             if not found:
-                raise GeoExploraError(f"{path}: folder holds no .tif/.tiff file")
+                raise GeoExploraError(f"{path}: folder holds no {'/'.join(RASTER_SUFFIXES)} file")
             files.extend(found)
         else:
             files.append(path)
     return list(dict.fromkeys(files))
 
 
-def inspect_raster(path: Path) -> RasterInfo:
+def _folder_rasters(folder: InputPath) -> list[InputPath]:
+    """The rasters under a local or GDAL-listable folder, by suffix, sorted."""
+    if isinstance(folder, GdalPath):
+        return sorted((p for p in folder.files() if p.suffix.lower() in RASTER_SUFFIXES), key=str)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+
+
+def inspect_raster(path: InputPath) -> RasterInfo:
     """Open one file and check it is a georeferenced raster whose last row can be read.
 
     Raises GeoExploraError naming the file when it is not a raster, is truncated, or lacks a CRS or
@@ -84,7 +103,7 @@ def inspect_raster(path: Path) -> RasterInfo:
         raise GeoExploraError(f"{path}: not a readable raster ({first_line})") from None
 
 
-def inspect_rasters(files: Sequence[Path]) -> list[RasterInfo]:
+def inspect_rasters(files: Sequence[InputPath]) -> list[RasterInfo]:
     """:func:`inspect_raster` on every file, then check they all have the same band count."""
     infos = [inspect_raster(f) for f in files]
     first = infos[0]
@@ -104,7 +123,7 @@ def file_band_names(info: RasterInfo) -> tuple[str, ...]:
     return default_band_names(info.count)
 
 
-def select_bands(all_bands: Sequence[str], wanted: Sequence[str] | None, source: Path) -> list[str]:
+def select_bands(all_bands: Sequence[str], wanted: Sequence[str] | None, source: InputPath) -> list[str]:
     """The requested band names, checked against the file's; ``None`` means all bands."""
     if wanted is None:
         return list(all_bands)
@@ -136,7 +155,8 @@ class GeoRasterDataset(RasterDataset):
     * ``transform``: float tensor (9,) the window's affine transform (TorchGeo).
 
     Args:
-        paths: a GeoTIFF, a folder searched recursively for ``*.tif``/``*.tiff``, or a list of them.
+        paths: a raster, a folder, a GDAL path or URL, a STAC item or item collection, or a list of
+            them (:func:`find_raster_files`).
         bands: names of the bands to load, in this order (default: all).
         band_names: names of all the file's bands, overriding its band descriptions (default: the
             first file's descriptions, else ``B1..Bn``).
@@ -159,7 +179,7 @@ class GeoRasterDataset(RasterDataset):
         cache: bool = True,
         time_series: bool = False,
     ) -> None:
-        files = find_raster_files(paths)
+        files = find_raster_files(paths, bands)
         self.raster_infos = inspect_rasters(files)
         first = self.raster_infos[0]
         if band_names is not None and len(band_names) != first.count:

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from geoexplora.data.raster import GeoRasterDataset
+from geoexplora.data.sources import resolve_inputs
 from geoexplora.inference.bands import model_band_indexes
 from geoexplora.data.stats import BandStatistics, Normalizer, compute_band_statistics
 from geoexplora.data.temporal import parse_file_date
@@ -126,7 +127,7 @@ def embed_raster(
     """
     geomodel = model if isinstance(model, GeoModel) else load_model(model)
     options.setdefault("tile", geomodel.preprocessing.window_size)
-    rasters = [raster] if isinstance(raster, (str, Path)) else list(raster)
+    rasters = [raster] if isinstance(raster, (str, os.PathLike)) else list(raster)
     return embed_rasters(rasters, out, model_encoder(geomodel), **options)
 
 
@@ -233,7 +234,8 @@ def embed_rasters(
 
     ``out`` gets one row per window with at least one valid pixel: ``geometry`` (the window's part inside
     its raster, in the raster CRS), ``source`` (file path), ``row``/``col`` (window origin, pixels),
-    ``date`` (when any file name holds a ``YYYYMMDD`` date) and ``embedding`` (fixed-size list of D float32:
+    ``date`` (when any file name holds a ``YYYYMMDD`` date), ``centre_lat``/``centre_lon``/``timestamp`` (TorchGeo's
+    embedding columns) and ``embedding`` (fixed-size list of D float32:
     the cls token, or the mean of the patch tokens, of the backbone's final normed tokens).
 
     ``dense`` (``emb.tif``; with several rasters ``emb_<raster stem>.tif`` each) gets per-patch tokens
@@ -263,7 +265,7 @@ def embed_rasters(
             ``overwrite``) or a missing output folder; after pass 1 when every window is nodata.
     """
     started = time.perf_counter()
-    paths = [Path(r) for r in rasters]
+    paths = resolve_inputs(rasters, encoder.config.bands)
     if not paths:
         raise GeoExploraError("no raster given to embed")
     out = Path(out)
@@ -480,8 +482,12 @@ def _write_preview(dense: Path, png: Path) -> None:
 
 def _write_table(table: list[tuple[int, list[TileWindow], np.ndarray]], sources: Sequence[_Source], out: Path,
                  dim: int) -> None:
-    """The GeoParquet: geometry, source, row, col, [date], embedding (fixed-size list of ``dim`` float32).
+    """The GeoParquet: geometry, source, row, col, [date], centre_lat, centre_lon, timestamp, embedding.
 
+    ``embedding`` is a fixed-size list of ``dim`` float32; ``centre_lat``/``centre_lon`` (float64, degrees,
+    WGS 84) the centre of the window's part inside the raster; ``timestamp`` (UTC) the source's date, null
+    when unknown. Those four are the columns of TorchGeo's embedding datasets
+    (:class:`torchgeo.datasets.EarthEmbeddings`), so its readers load the file as theirs.
     Held in memory until written: windows x ``dim`` float32 (100k windows of 768 dims: 300 MB).
     """
     windows = [(i, w) for i, ws, _ in table for w in ws]
@@ -491,8 +497,12 @@ def _write_table(table: list[tuple[int, list[TileWindow], np.ndarray]], sources:
         "row": np.array([w.y for _, w in windows], dtype=np.int64),
         "col": np.array([w.x for _, w in windows], dtype=np.int64),
     })
+    days = pd.to_datetime([sources[i].day for i, _ in windows])
     if any(s.day is not None for s in sources):
-        frame["date"] = pd.to_datetime([sources[i].day for i, _ in windows])
+        frame["date"] = days
+    centres = gpd.GeoSeries(shapely.centroid(polygons), crs=sources[0].info.crs).to_crs("EPSG:4326")
+    frame["centre_lat"], frame["centre_lon"] = centres.y.to_numpy(), centres.x.to_numpy()
+    frame["timestamp"] = days.tz_localize("UTC")
     vectors = np.concatenate([e for _, _, e in table]).astype(np.float32)
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     frame["embedding"] = pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(flat, dim))

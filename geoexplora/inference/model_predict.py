@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from geoexplora.data.raster import inspect_raster
+from geoexplora.data.sources import as_input_path
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference.bands import model_band_indexes
 from geoexplora.inference.predict import PredictSummary, predict_raster
@@ -86,7 +87,7 @@ def predict_with_model(
     The class map stores the classes' label values with a colour table and class names; every output is
     tagged with the checkpoint's sha256, the geoexplora version, the tile and the overlap.
     """
-    raster, out = Path(raster), Path(out)
+    raster, out = as_input_path(raster), Path(out)
     check_predictable(model.config, model.directory)
     indexes = band_indexes(model.preprocessing, raster, bands)
     device = resolve_device(device)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from geoexplora.data.raster import inspect_raster
+from geoexplora.data.sources import as_input_path
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference.blending import RowBlender
 from geoexplora.inference.reader import GDAL_CACHE_BYTES, Batch, WindowReader
@@ -174,7 +175,7 @@ def predict_raster(
             run, for model outputs of the wrong shape.
     """
     started = time.perf_counter()
-    raster, out = Path(raster), Path(out)
+    raster, out = as_input_path(raster), Path(out)
     source = check_raster(raster, allow_no_crs)
     band_indexes = check_bands(raster, source.count, bands)
     grid = WindowGrid(source.width, source.height, tile, overlap)

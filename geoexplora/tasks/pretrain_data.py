@@ -39,7 +39,9 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
     """Seeded random windows over GeoTIFFs of any bands and CRS, with per-band statistics.
 
     Args:
-        paths: GeoTIFF files or folders (searched recursively), relative to the working directory.
+        paths: rasters or folders (searched recursively), relative to the working directory; GDAL paths
+            and URLs (``/vsicurl/``, ``https://``, ``s3://``, ``/vsizip/``) and STAC item or item collection
+            JSONs (assets picked by ``bands``: band names, asset keys or ``eo:bands`` common names) too.
         bands: bands to read, in this order (default: all the files' bands).
         band_names: names of all the files' bands, when the files carry no band descriptions (e.g.
             ``[B01, B02, ...]``); default: the descriptions, else ``B1..Bn``.

@@ -87,6 +87,28 @@ def test_table_has_one_row_per_valid_window(scene: Path, encoder: Encoder, tmp_p
     assert json.loads(pq.read_schema(out).metadata[b"geo"])["primary_column"] == "geometry"
 
 
+def test_torchgeo_embedding_dataset_reads_the_table(scene: Path, encoder: Encoder, tmp_path: Path) -> None:
+    from pyproj import Transformer
+    from torchgeo.datasets import EarthEmbeddings
+
+    out = embed_rasters([scene], tmp_path / "emb.parquet", encoder, **FAST).outputs[0]
+    dataset = EarthEmbeddings(out)
+    gdf = gpd.read_parquet(out)
+    assert len(dataset) == len(gdf) == 9
+    with rasterio.open(scene) as src:
+        to_wgs84 = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True)
+        for i, (row, col) in enumerate(zip(gdf["row"], gdf["col"], strict=True)):
+            sample = dataset[i]
+            # The window's part inside the raster: 32 px, clipped at the right and bottom edges.
+            width, height = min(32, WIDTH - col), min(32, HEIGHT - row)
+            lon, lat = to_wgs84.transform(*(src.transform * (col + width / 2, row + height / 2)))
+            assert sample["x"].item() == pytest.approx(lon, abs=1e-9)
+            assert sample["y"].item() == pytest.approx(lat, abs=1e-9)
+            assert sample["t"].item() == 1578182400.0  # 2020-01-05T00:00Z, the date in the file name
+            assert torch.equal(sample["embedding"], torch.from_numpy(np.asarray(gdf["embedding"].iloc[i])))
+            assert sample["embedding"].shape == (DIM,)
+
+
 def test_pooling_and_explore_round_trip(scene: Path, encoder: Encoder, tmp_path: Path) -> None:
     cls = load_embeddings(embed_rasters([scene], tmp_path / "cls.parquet", encoder, **FAST).outputs[0])
     mean = load_embeddings(embed_rasters([scene], tmp_path / "mean.parquet", encoder, pool="mean", **FAST).outputs[0])
