@@ -5,7 +5,8 @@ Lightning-driven commands (``pretrain``, ``finetune``) take a YAML recipe plus d
 parsed by LightningCLI instead: their modules expose ``main(argv) -> int`` and are imported only when
 called. Command modules import torch and the rest inside ``run``, so ``--version`` and ``--help`` stay fast. User errors
 (:class:`~geoexplora.errors.GeoExploraError`) are printed as one line on stderr with exit status 2,
-never as a traceback.
+never as a traceback. Every command takes ``--threads N`` and runs with a passive OpenMP wait policy
+(:mod:`geoexplora.cli.threads`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 from geoexplora import __version__
 from geoexplora.cli import demo, embed, evaluate, export, info, predict, stats
+from geoexplora.cli.threads import add_threads_option, parse_threads, passive_wait_policy, pop_threads, set_threads
 from geoexplora.errors import GeoExploraError
 
 COMMANDS = (info, stats, evaluate, predict, embed, export, demo)
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        add_threads_option(sub)
     for name, (_, help_text) in LIGHTNING_COMMANDS.items():
         subparsers.add_parser(name, help=f"{help_text} (--config RECIPE.yaml, dotted overrides; --help for keys)")
     return parser
@@ -56,13 +60,18 @@ def _log_to_stderr(level: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI in-process (tests call ``main([...])``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    passive_wait_policy()  # before anything imports torch
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             _log_to_stderr(logging.INFO)
+            rest, threads = pop_threads(argv[1:])
+            count = parse_threads(threads)
             module = importlib.import_module(LIGHTNING_COMMANDS[argv[0]][0])
-            return module.main(argv[1:])
+            set_threads(count)
+            return module.main(rest)
         args = build_parser().parse_args(argv)
         _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
+        set_threads(parse_threads(args.threads))
         return args.run(args)
     except GeoExploraError as error:
         print(f"geoexplora: error: {error}", file=sys.stderr)
