@@ -1,8 +1,11 @@
-"""Safe concurrent and repeated runs: one writer per output, --resume only resumes; masks are nodata."""
+"""Safe concurrent and repeated runs: one writer per output, --resume only resumes; masks are nodata; a
+checkpoint's config.json reaches outside the folders the user allows only for the file it recorded."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,8 +22,9 @@ from safetensors.torch import save_file
 import fake_rasters
 from geoexplora.cli import main
 from geoexplora.data import GeoRasterDataset, compute_band_statistics
+from geoexplora.errors import GeoExploraError
 from geoexplora.inference import predict_raster
-from geoexplora.models import BackboneConfig, save_checkpoint
+from geoexplora.models import BackboneConfig, load_model, save_checkpoint
 from geoexplora.tasks.finetune import FinetuneTask
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,3 +147,29 @@ def test_alpha_band_counts_as_nodata_in_predict_stats_and_training_samples(tmp_p
     with rasterio.open(raster) as src:
         shown = src.read(1)[~hidden]
     assert stats.bands["B1"].p2 >= shown.min() and stats.bands["B1"].p98 <= shown.max()
+
+
+def test_config_json_reaches_outside_the_allowed_folders_only_for_its_recorded_file(tiny, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    shutil.copytree(tiny["ckpt"], project / "ckpt")
+    monkeypatch.chdir(project)
+    config_path = project / "ckpt" / "config.json"
+    config = json.loads(config_path.read_text())
+    recorded = config["lineage"]["source_weights"]
+    source = str(tiny["root"] / "vit.safetensors")
+
+    def point(path: str, sha256: str | None) -> None:
+        config_path.write_text(json.dumps({**config, "lineage": {**config["lineage"], "source_weights": {
+            **recorded, "path": path, "sha256": sha256}}}))
+
+    point(source, recorded["sha256"])  # outside every allowed folder, but the very file it was trained from
+    assert load_model(project / "ckpt").config.backbone.bands == BANDS
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(1)}, other)
+    for path, sha256 in ((str(other), recorded["sha256"]), ("../../other.safetensors", None), (source, None)):
+        point(path, sha256)
+        with pytest.raises(GeoExploraError, match="lies outside the checkpoint folder") as error:
+            load_model(project / "ckpt")
+        assert "\n" not in str(error.value) and "sha256 " not in str(error.value)
+    point("vit.safetensors", None)
+    assert load_model(project / "ckpt", weights_dir=tiny["root"]).config.backbone.bands == BANDS
