@@ -70,8 +70,9 @@ def find_raster_files(paths: PathLike | Iterable[PathLike]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def inspect_raster(path: Path) -> RasterInfo:
-    """Open one file and check it is a georeferenced raster whose last row can be read.
+def inspect_raster(path: Path, georeferenced: bool = True) -> RasterInfo:
+    """Open one file and check it is a raster whose last row can be read, and (``georeferenced``) that it
+    has a CRS and a geotransform.
 
     Raises GeoExploraError naming the file when it is not a raster, is truncated, or lacks a CRS or
     a geotransform.
@@ -81,9 +82,9 @@ def inspect_raster(path: Path) -> RasterInfo:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below, in one line
             src = rasterio.open(path)
         with src:
-            if src.crs is None:
+            if georeferenced and src.crs is None:
                 raise GeoExploraError(f"{path}: raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX)")
-            if src.transform.is_identity and not src.gcps[0]:
+            if georeferenced and src.transform.is_identity and not src.gcps[0]:
                 raise GeoExploraError(f"{path}: raster has no geotransform (pixel-to-map coordinates)")
             # Reading the last row touches the end of the file: a truncated TIFF fails here, not mid-training.
             src.read(window=Window(0, src.height - 1, src.width, 1))

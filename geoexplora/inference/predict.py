@@ -190,11 +190,13 @@ def predict_raster(
     paths = [out] if probabilities is None else [out, Path(probabilities)]
     if len(set(paths)) != len(paths):
         raise GeoExploraError(f"{out}: the class map and the probabilities need different paths")
+    for path in paths:
+        check_output(path, overwrite, resume)
     with OutputLock(paths):
-        for path in paths:
-            check_output(path, overwrite, resume)
         if resume and is_finished(paths):
             logger.warning("%s: already complete; --resume leaves it alone (use overwrite to redo it)", out)
+            for path in paths:  # what a run killed after its last rename may have left
+                partial_path(path, ".tif").unlink(missing_ok=True)
             return PredictSummary(raster, tuple(paths), source.width, source.height, 0, len(grid), 0,
                                   time.perf_counter() - started, 0.0, 0)
         specs = describe_outputs(output_specs(source, grid, mode, paths, num_classes, dtype, nodata), classes,

@@ -173,3 +173,12 @@ def test_config_json_reaches_outside_the_allowed_folders_only_for_its_recorded_f
         assert "\n" not in str(error.value) and "sha256 " not in str(error.value)
     point("vit.safetensors", None)
     assert load_model(project / "ckpt", weights_dir=tiny["root"]).config.backbone.bands == BANDS
+
+
+def test_allow_no_crs_reaches_the_engine(tiny, tmp_path):
+    raster = fake_rasters.write_raster(tmp_path / "nocrs.tif", width=40, height=40, count=4, descriptions=BANDS,
+                                       georeferenced=False)
+    assert main(_predict_argv(tiny, raster, tmp_path / "o.tif")) == 2
+    assert main(_predict_argv(tiny, raster, tmp_path / "o.tif", "--allow-no-crs")) == 0
+    with rasterio.open(tmp_path / "o.tif") as pred:
+        assert pred.crs is None and pred.shape == (40, 40)
