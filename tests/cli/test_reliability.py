@@ -182,3 +182,24 @@ def test_allow_no_crs_reaches_the_engine(tiny, tmp_path):
     assert main(_predict_argv(tiny, raster, tmp_path / "o.tif", "--allow-no-crs")) == 0
     with rasterio.open(tmp_path / "o.tif") as pred:
         assert pred.crs is None and pred.shape == (40, 40)
+
+
+def test_finetune_resumes_its_own_last_checkpoint_and_overwrite_starts_afresh(tiny, tmp_path):
+    import yaml
+
+    mask = fake_rasters.write_label_raster(tmp_path / "mask.tif", width=90, height=70, num_classes=3)
+    config = yaml.safe_load((REPO / "recipes" / "tiny-finetune-segmentation.yaml").read_text())
+    config["model"]["backbone"].update(weights=str(tiny["root"] / "vit.safetensors"), depth=2)
+    config["data"].update(image=str(tiny["scene"]), mask=str(mask))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    argv = ["finetune", "--config", str(recipe), "--out", str(run), "--threads", "1", "--trainer.max_epochs", "5"]
+    assert main([*argv, "--trainer.max_steps", "1"]) == 0
+    assert main([*argv, "--trainer.max_steps", "2"]) == 2  # neither --resume nor --overwrite
+    assert main([*argv, "--trainer.max_steps", "2", "--resume"]) == 0
+    names = sorted(p.name for p in (run / "lightning").iterdir())
+    assert "last.ckpt" in names and not [n for n in names if "-v1" in n], names
+    assert torch.load(run / "lightning" / "last.ckpt", weights_only=True)["global_step"] == 2, names
+    assert main([*argv, "--trainer.max_steps", "1", "--overwrite"]) == 0
+    assert torch.load(run / "lightning" / "last.ckpt", weights_only=True)["global_step"] == 1
