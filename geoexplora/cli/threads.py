@@ -5,7 +5,7 @@ shared with other busy processes that spinning steals the cores the work needs (
 predict took 38.8 s instead of 0.6 s at load 3.5 on 2 cores). The CLI therefore sets
 ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it, before torch is imported, and sets torch's thread count
 to the cores in this process's affinity mask (``os.sched_getaffinity``, which a container or ``taskset``
-limits), or to ``--threads N``.
+limits), or to ``--threads N``; a user's ``OMP_NUM_THREADS`` is left to torch.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: the cores this process may use)")
 
 
-def parse_threads(text: str | None) -> int:
-    """``--threads`` as a positive int; default :func:`available_cores`."""
+def parse_threads(text: str | None) -> int | None:
+    """``--threads`` as a positive int; without it :func:`available_cores`, or None (torch's own setting)
+    when the user set ``OMP_NUM_THREADS``."""
     if text is None:
-        return available_cores()
+        return None if os.environ.get("OMP_NUM_THREADS") else available_cores()
     try:
         value = int(text)
     except ValueError:
@@ -63,8 +64,10 @@ def pop_threads(argv: list[str]) -> tuple[list[str], str | None]:
     return rest, value
 
 
-def set_threads(count: int) -> None:
-    """torch's intra-op threads (imports torch)."""
+def set_threads(count: int | None) -> None:
+    """torch's intra-op threads (imports torch); None leaves torch's (``OMP_NUM_THREADS``)."""
+    if count is None:
+        return
     import torch
 
     torch.set_num_threads(count)

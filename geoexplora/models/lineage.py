@@ -125,14 +125,19 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
 
 def _check_outside(found: Path, ref: FileRef, config: Path, what: str, is_dir: bool) -> None:
     """A file outside the checkpoint folder, the working directory and the search path is used only when it
-    is the very file the checkpoint was built from (its recorded sha256 matches); nothing about it is told
-    otherwise, so a ``config.json`` cannot probe or read other files by an absolute or ``..`` path."""
-    matches = ref.sha256 is not None and ref.sha256 == (checkpoint_sha256(found) if is_dir else file_sha256(found))
-    if not matches:
+    is the very file the checkpoint was built from (its recorded sha256 matches), and its own hash is never
+    told, so a ``config.json`` cannot read or probe other files by an absolute or ``..`` path."""
+    if ref.sha256 is None:
         raise GeoExploraError(
             f"{config}: {what} {ref.path} lies outside the checkpoint folder, the working directory and the "
-            f"--weights-dir folders and is not the file the checkpoint records (sha256); pass --weights-dir DIR "
-            f"(or set {WEIGHTS_PATH_ENV}) to the folder that holds the right one"
+            f"--weights-dir folders, and no sha256 is recorded to check it; pass --weights-dir DIR (or set "
+            f"{WEIGHTS_PATH_ENV}) to the folder that holds it"
+        )
+    if ref.sha256 != (checkpoint_sha256(found) if is_dir else file_sha256(found)):
+        target = found / WEIGHTS_NAME if is_dir else found
+        raise GeoExploraError(
+            f"{target}: sha256 differs from {ref.sha256[:12]} that {config} records for its {what}; restore "
+            "the original file, or pass --weights-dir to where it is"
         )
 
 
