@@ -310,8 +310,7 @@ def check_output(path: Path, overwrite: bool, resume: bool) -> None:
     if path.is_dir():
         raise GeoExploraError(f"{path}: is a folder; give an output file name")
     if path.exists() and not (overwrite or resume):
-        raise GeoExploraError(f"{path}: already exists; pass --overwrite to replace it (or --resume to finish "
-                              "an interrupted run)")
+        raise GeoExploraError(f"{path}: already exists; pass --overwrite to replace it")
 
 
 def class_dtype(num_classes: int, nodata_out: int | None) -> tuple[str, int]:
