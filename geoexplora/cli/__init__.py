@@ -5,7 +5,8 @@ Lightning-driven commands (``pretrain``, ``finetune``) take a YAML recipe plus d
 parsed by LightningCLI instead: their modules expose ``main(argv) -> int`` and are imported only when
 called. Command modules import torch and the rest inside ``run``, so ``--version`` and ``--help`` stay fast. User errors
 (:class:`~geoexplora.errors.GeoExploraError`) are printed as one line on stderr with exit status 2,
-never as a traceback.
+never as a traceback. Every command takes ``--threads N`` and runs with a passive OpenMP wait policy
+(:mod:`geoexplora.cli.threads`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from geoexplora import __version__
 from geoexplora.cli import demo, embed, evaluate, export, info, predict, stats
 from geoexplora.cli.terminal import add_terminal_options, closing_line, progress_off
+from geoexplora.cli.threads import add_threads_option, parse_threads, passive_wait_policy, pop_threads, set_threads
 from geoexplora.errors import GeoExploraError
 from geoexplora.gdal_env import cloud_gdal_env, names_remote
 
@@ -41,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
-    for name in subparsers.choices:
-        add_terminal_options(subparsers.choices[name])
+    for sub in subparsers.choices.values():
+        add_terminal_options(sub)
+        add_threads_option(sub)
     for name, (_, help_text) in LIGHTNING_COMMANDS.items():
         subparsers.add_parser(name, help=f"{help_text} (--config RECIPE.yaml, dotted overrides, --resume, "
                               "--quiet, --no-progress; --help for keys)")
@@ -62,15 +65,20 @@ def _log_to_stderr(level: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI in-process (tests call ``main([...])``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    passive_wait_policy()  # before anything imports torch
     started = time.monotonic()
     try:
         with cloud_gdal_env(remote=names_remote(argv)):
             if argv and argv[0] in LIGHTNING_COMMANDS:
                 _log_to_stderr(logging.WARNING if "--quiet" in argv else logging.INFO)
+                rest, threads = pop_threads(argv[1:])
+                count = parse_threads(threads)
                 module = importlib.import_module(LIGHTNING_COMMANDS[argv[0]][0])
-                return module.main(argv[1:])  # prints its own summary (cli/lightning_runner.py)
+                set_threads(count)
+                return module.main(rest)  # prints its own summary (cli/lightning_runner.py)
             args = build_parser().parse_args(argv)
             _log_to_stderr(logging.INFO if args.verbose and not args.quiet else logging.WARNING)
+            set_threads(parse_threads(args.threads))
             with progress_off(args.quiet or args.no_progress):
                 status = args.run(args)
             if status == 0 and not args.quiet:

@@ -84,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
     trainer = {"max_steps": args.pretrain_steps} if args.pretrain_steps else {}
     pretrain = _write_recipe("demo-pretrain.yaml", out, model={"backbone": {"weights": args.weights}},
                              data={"paths": [str(sample.image)]}, trainer=trainer)
-    _run(["pretrain", "--config", str(pretrain), "--out", str(out / "pretrain")])
+    _run(["pretrain", "--config", str(pretrain), "--out", str(out / "pretrain"), "--overwrite"])
     pretrained = out / "pretrain" / "checkpoint"
 
     _step(3, "LoRA (r8) land-cover segmentation fine-tune of the ExPLoRA checkpoint")
     trainer = {"max_epochs": args.finetune_epochs} if args.finetune_epochs else {}
     finetune = _write_recipe("demo-finetune.yaml", out, model={"init_checkpoint": str(pretrained)},
                              data={"image": str(sample.image), "mask": str(sample.labels)}, trainer=trainer)
-    _run(["finetune", "--config", str(finetune), "--out", str(out / "finetune")])
+    _run(["finetune", "--config", str(finetune), "--out", str(out / "finetune"), "--overwrite"])
     finetuned = out / "finetune" / "checkpoint"
 
     _step(4, "Evaluating on the held-out spatial test blocks")

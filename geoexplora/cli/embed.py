@@ -69,16 +69,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from geoexplora.inference.embed import embed_rasters
+    from geoexplora.inference.predict import check_output
+    from geoexplora.outputs import OutputLock
 
     if args.pca is not None and args.dense is None:
         raise GeoExploraError("--pca goes with --dense OUT.tif")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise GeoExploraError("--device cuda: no CUDA device is available")
-    summary = embed_rasters(
-        args.raster, args.out, encoder_from_args(args), band_names=_names(args.band_names), tile=args.tile,
-        stride=args.stride, pool=args.pool, batch_size=args.batch_size, device=device, dense=args.dense,
-        pca=DEFAULT_PCA if args.pca is None else args.pca, overwrite=args.overwrite,
-    )
+    outputs = [args.out, *([args.dense] if args.dense else [])]
+    for path in outputs:
+        check_output(path, args.overwrite, resume=False)
+    with OutputLock(outputs):
+        summary = embed_rasters(
+            args.raster, args.out, encoder_from_args(args), band_names=_names(args.band_names), tile=args.tile,
+            stride=args.stride, pool=args.pool, batch_size=args.batch_size, device=device, dense=args.dense,
+            pca=DEFAULT_PCA if args.pca is None else args.pca, overwrite=args.overwrite,
+        )
     print(summary)
     return 0

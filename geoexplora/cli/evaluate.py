@@ -10,11 +10,13 @@ labelled source-domain set (a tiles folder / CSV, or a recipe YAML whose ``data`
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoexplora.cli.options import add_checkpoint_options
+from geoexplora.cli.run_folder import check_writable_folder
 from geoexplora.errors import GeoExploraError
 
 if TYPE_CHECKING:
@@ -36,23 +38,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def read_data_section(path: str | Path) -> dict[str, Any]:
-    import yaml
+    from geoexplora.cli.run_folder import read_recipe
 
     path = Path(path)
-    if not path.is_file():
-        raise GeoExploraError(f"{path}: no such recipe")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    recipe = read_recipe(path)
     if not isinstance(recipe.get("data"), dict):
         raise GeoExploraError(f"{path}: recipe has no data section")
     return dict(recipe["data"])
 
 
-def data_module(data: dict[str, Any], preprocessing: Preprocessing | None):
+def data_module(data: dict[str, Any], preprocessing: Preprocessing | None, source: str | Path = "recipe"):
     from geoexplora.tasks.finetune_data import LabelledRasterDataModule
 
     if preprocessing is not None:
         stats = preprocessing.statistics
         data.update(band_statistics=None if stats is None else stats.to_dict(), normalization=preprocessing.normalization)
+    unknown = sorted(set(data) - set(inspect.signature(LabelledRasterDataModule).parameters))
+    if unknown:
+        raise GeoExploraError(f"{source}: unknown data key {unknown[0]!r}; the keys are "
+                              f"{', '.join(inspect.signature(LabelledRasterDataModule).parameters)}")
     module = LabelledRasterDataModule(**data)
     module.setup()
     return module
@@ -131,12 +135,15 @@ def table(results: dict[str, Any], classes: list[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     from geoexplora.models import load_model
 
+    data = read_data_section(args.config)
+    if args.out:
+        check_writable_folder(Path(args.out), f"--out {args.out}")
     model = load_model(args.checkpoint, weights_dir=args.weights_dir, allow_download=args.allow_download)
     if model.task.kind == "pretrain":
         raise GeoExploraError(f"{args.checkpoint}: a pre-training checkpoint has no head to score; "
                               "evaluate one from geoexplora finetune")
     classes = [c.name for c in model.classes]
-    module = data_module(read_data_section(args.config), model.preprocessing)
+    module = data_module(data, model.preprocessing, args.config)
     if tuple(module.band_names) != tuple(model.preprocessing.model_bands):
         raise GeoExploraError(f"{args.config}: data bands {list(module.band_names)} differ from the checkpoint's "
                               f"{list(model.preprocessing.model_bands)}")

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from geoexplora.cli.options import add_checkpoint_options
+from geoexplora.cli.run_folder import check_writable_folder
 from geoexplora.errors import GeoExploraError
 
 
@@ -60,50 +61,87 @@ def _outputs(rasters: list[Path], out: Path) -> list[Path]:
         return [out]
     if out.suffix.lower() in (".tif", ".tiff"):
         raise GeoExploraError(f"{out}: several rasters need an output folder, not a file")
+    check_writable_folder(out, f"--out {out}")
     out.mkdir(parents=True, exist_ok=True)
     return [out / f"{r.stem}.pred.tif" for r in rasters]
+
+
+def _vector_path(vector: Path, out: Path, several: bool) -> Path:
+    return vector.with_name(f"{out.stem}{vector.suffix}") if several else vector
+
+
+def _check_window(args: argparse.Namespace, patch_size: int) -> None:
+    """``--tile`` (a positive multiple of the patch size), ``--overlap`` and ``--batch-size`` before any work."""
+    if args.tile is not None and args.tile < 1:
+        raise GeoExploraError(f"--tile {args.tile}: give a positive window side in pixels (or leave it out for "
+                              "the checkpoint's window size)")
+    if args.tile is not None and args.tile % patch_size:
+        raise GeoExploraError(f"--tile {args.tile}: must be a multiple of the model's patch size {patch_size} "
+                              f"(e.g. {max(patch_size, args.tile // patch_size * patch_size)})")
+    if args.overlap is not None and args.overlap < 0:
+        raise GeoExploraError(f"--overlap {args.overlap}: must be 0 or more pixels")
+    if args.batch_size < 1:
+        raise GeoExploraError(f"--batch-size {args.batch_size}: must be at least 1")
 
 
 def run(args: argparse.Namespace) -> int:
     from geoexplora.data import find_raster_files
     from geoexplora.inference import vectorize_classes, write_preview, write_vectors
+    from geoexplora.inference.memory import check_tile_memory, prediction_bytes
     from geoexplora.inference.model_predict import band_indexes, check_predictable, predict_with_model, resolve_device
-    from geoexplora.inference.predict import check_output, check_raster
+    from geoexplora.inference.predict import check_output, check_raster, is_finished
+    from geoexplora.inference.vectorize import check_vector_output
+    from geoexplora.inference.windows import WindowGrid
     from geoexplora.models import load_model, read_checkpoint
+    from geoexplora.outputs import OutputLock
 
     config = read_checkpoint(args.checkpoint)
     check_predictable(config, Path(args.checkpoint))
+    backbone = config.backbone
+    _check_window(args, backbone.patch_pixels)
+    tile = args.tile or config.preprocessing.window_size
+    overlap = args.overlap if args.overlap is not None else min(32, tile // 4)
     rasters = find_raster_files(args.raster, config.preprocessing.model_bands)
     outputs = _outputs(rasters, args.out)
+    device = resolve_device(args.device)
     # Every check that needs no model runs first: a bad input fails in a second, not after loading.
-    plans = []
+    plans, locked = [], []
     for raster, out in zip(rasters, outputs, strict=True):
-        check_raster(raster, args.allow_no_crs)
+        source = check_raster(raster, args.allow_no_crs)
         indexes = band_indexes(config.preprocessing, raster, _names(args.bands))
         probabilities = out.with_name(f"{out.stem}.probabilities.tif") if args.probabilities else None
-        for path in (out, probabilities):
-            if path is not None:
-                check_output(path, args.overwrite, args.resume)
-        plans.append((raster, out, indexes, probabilities))
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, weights_dir=args.weights_dir, allow_download=args.allow_download)
-    names = {c.value: c.name for c in model.classes}
-    for raster, out, indexes, probabilities in plans:
-        summary = predict_with_model(
-            model, raster, out, probabilities=probabilities or False, bands=_names(args.bands), tile=args.tile,
-            overlap=args.overlap, batch_size=args.batch_size, device=device, overwrite=args.overwrite,
-            resume=args.resume, allow_no_crs=args.allow_no_crs,
-        )
-        print(summary)
-        if not args.no_preview:
-            backbone = model.config.backbone
-            rgb = _rgb_preview_bands(indexes, list(backbone.bands), backbone.sensor)
-            preview = write_preview(out, raster, rgb_bands=rgb, class_names=names,
-                                    colors={c.value: c.color for c in model.classes})
-            print(f"preview: {preview}")
-        if args.vector:
-            vector = args.vector if len(rasters) == 1 else args.vector.with_name(f"{out.stem}{args.vector.suffix}")
-            frame = vectorize_classes(out, class_names=names, min_area=args.min_area, simplify=args.simplify)
-            print(f"vectors: {write_vectors(frame, vector, overwrite=args.overwrite or args.resume)} "
-                  f"({len(frame)} polygons)")
+        paths = [p for p in (out, probabilities) if p is not None]
+        for path in paths:
+            check_output(path, args.overwrite, args.resume)
+        finished = args.resume and is_finished(paths)
+        vector = _vector_path(args.vector, out, len(rasters) > 1) if args.vector else None
+        if vector is not None and not finished:
+            check_vector_output(vector, args.overwrite or args.resume)
+        grid = WindowGrid(source.width, source.height, tile, overlap)
+        check_tile_memory(grid, prediction_bytes(grid, len(indexes), max(len(config.classes), 1), args.batch_size,
+                                                 backbone.patch_pixels, backbone.embed_dim or 768))
+        plans.append((raster, out, indexes, probabilities, vector, finished))
+        locked += paths + ([vector] if vector is not None else [])
+    with OutputLock(locked):
+        model = load_model(args.checkpoint, weights_dir=args.weights_dir, allow_download=args.allow_download)
+        names = {c.value: c.name for c in model.classes}
+        for raster, out, indexes, probabilities, vector, finished in plans:
+            if finished:
+                print(f"{out}: already complete; --resume leaves it alone (pass --overwrite to redo it)")
+                continue
+            summary = predict_with_model(
+                model, raster, out, probabilities=probabilities or False, bands=_names(args.bands), tile=tile,
+                overlap=overlap, batch_size=args.batch_size, device=device, overwrite=args.overwrite,
+                resume=args.resume, allow_no_crs=args.allow_no_crs,
+            )
+            print(summary)
+            if not args.no_preview:
+                rgb = _rgb_preview_bands(indexes, list(backbone.bands), backbone.sensor)
+                preview = write_preview(out, raster, rgb_bands=rgb, class_names=names,
+                                        colors={c.value: c.color for c in model.classes})
+                print(f"preview: {preview}")
+            if vector is not None:
+                frame = vectorize_classes(out, class_names=names, min_area=args.min_area, simplify=args.simplify)
+                print(f"vectors: {write_vectors(frame, vector, overwrite=args.overwrite or args.resume)} "
+                      f"({len(frame)} polygons)")
     return 0

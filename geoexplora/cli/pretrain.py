@@ -1,19 +1,24 @@
-"""``geoexplora pretrain --config RECIPE.yaml [--key.sub value ...] [--out DIR] [--resume]``.
+"""``geoexplora pretrain --config RECIPE.yaml [--key.sub value ...] [--out DIR] [--resume | --overwrite]``.
 
 ExPLoRA domain pre-training: :class:`~geoexplora.tasks.pretrain.PretrainTask` (``model.*`` keys) on
 :class:`~geoexplora.tasks.pretrain_data.UnlabelledRasterDataModule` (``data.*`` keys), driven by
-:func:`~geoexplora.cli.lightning_runner.run_lightning` (``trainer.*`` keys, ``--out``, ``--resume``).
+:func:`~geoexplora.cli.lightning_runner.run_lightning` (``trainer.*`` keys, ``--out``, ``--resume``), after
+:func:`~geoexplora.cli.run_folder.prepare_run`'s checks of the recipe and the run folder.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from geoexplora.cli.lightning_runner import run_lightning
-from geoexplora.tasks.pretrain import PretrainTask
-from geoexplora.tasks.pretrain_data import UnlabelledRasterDataModule
+from geoexplora.cli.run_folder import one_line_parse_errors, prepare_run
 
 
 def main(argv: Sequence[str]) -> int:
-    """Parse the recipe and overrides, pre-train, export the checkpoint; returns the exit status."""
-    return run_lightning("pretrain", PretrainTask, UnlabelledRasterDataModule, argv)
+    """Check the command line, parse the recipe and overrides, pre-train, export; returns the exit status."""
+    request = prepare_run("pretrain", argv)
+    from geoexplora.cli.lightning_runner import run_lightning
+    from geoexplora.tasks.pretrain import PretrainTask
+    from geoexplora.tasks.pretrain_data import UnlabelledRasterDataModule
+
+    with one_line_parse_errors("pretrain"):
+        return run_lightning("pretrain", PretrainTask, UnlabelledRasterDataModule, request.argv)

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from geoexplora.errors import GeoExploraError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("stats", help="per-band mean, std and 2-98 percentiles of rasters")
@@ -32,9 +34,21 @@ def _names(text: str | None) -> list[str] | None:
     return [b.strip() for b in text.split(",") if b.strip()] if text else None
 
 
+def _check(args: argparse.Namespace) -> None:
+    """The counts and the ``--out`` file, before any raster is read."""
+    from geoexplora.inference.predict import check_output
+
+    for flag, value in (("--windows", args.windows), ("--window-size", args.window_size)):
+        if value < 1:
+            raise GeoExploraError(f"{flag} {value}: must be at least 1")
+    if args.out is not None:
+        check_output(args.out, overwrite=True, resume=False)
+
+
 def run(args: argparse.Namespace) -> int:
     from geoexplora.data import GeoRasterDataset, compute_band_statistics  # heavy: only when running
 
+    _check(args)
     dataset = GeoRasterDataset(args.raster, bands=_names(args.bands), band_names=_names(args.band_names),
                                nodata=args.nodata)
     stats = compute_band_statistics(dataset, num_windows=args.windows, window_size=args.window_size,

@@ -8,14 +8,19 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import torch
+from affine import Affine
 from pyproj import CRS
-from rasterio.errors import RasterioError
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from torch import Tensor
 from torchgeo.datasets import RasterDataset
@@ -40,6 +45,7 @@ class RasterInfo:
     dtype: str
     nodata: float | None
     descriptions: tuple[str | None, ...]
+    masked: bool = False  # an alpha band or a GDAL mask hides some pixels (see :func:`has_mask`)
 
 
 def find_raster_files(paths: PathLike | Iterable[PathLike], bands: Sequence[str] | None = None) -> list[InputPath]:
@@ -83,21 +89,25 @@ def _folder_rasters(folder: InputPath) -> list[InputPath]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
 
 
-def inspect_raster(path: InputPath) -> RasterInfo:
-    """Open one file and check it is a georeferenced raster whose last row can be read.
+def inspect_raster(path: InputPath, georeferenced: bool = True) -> RasterInfo:
+    """Open one file and check it is a raster whose last row can be read, and (``georeferenced``) that it
+    has a CRS and a geotransform.
 
     Raises GeoExploraError naming the file when it is not a raster, is truncated, or lacks a CRS or
     a geotransform.
     """
     try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said below, in one line
+            src = rasterio.open(path)
+        with src:
+            if georeferenced and src.crs is None:
                 raise GeoExploraError(f"{path}: raster has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX)")
-            if src.transform.is_identity and not src.gcps[0]:
+            if georeferenced and src.transform.is_identity and not src.gcps[0]:
                 raise GeoExploraError(f"{path}: raster has no geotransform (pixel-to-map coordinates)")
             # Reading the last row touches the end of the file: a truncated TIFF fails here, not mid-training.
             src.read(window=Window(0, src.height - 1, src.width, 1))
-            return RasterInfo(path, src.count, src.dtypes[0], src.nodata, tuple(src.descriptions))
+            return RasterInfo(path, src.count, src.dtypes[0], src.nodata, tuple(src.descriptions), has_mask(src))
     except RasterioError as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise GeoExploraError(f"{path}: not a readable raster ({first_line})") from None
@@ -135,6 +145,28 @@ def select_bands(all_bands: Sequence[str], wanted: Sequence[str] | None, source:
     return list(wanted)
 
 
+def check_overlap(image: Path, labels: Path) -> None:
+    """Refuse labels whose footprint (in the image's CRS) does not meet the image's."""
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(image) as a, rasterio.open(labels) as b:
+        if a.crs is None or b.crs is None:
+            return
+        left, bottom, right, top = transform_bounds(b.crs, a.crs, *b.bounds)
+        if left >= a.bounds.right or right <= a.bounds.left or bottom >= a.bounds.top or top <= a.bounds.bottom:
+            raise GeoExploraError(f"{labels}: the labels do not overlap the image {image} (labels in {b.crs}, "
+                                  f"image in {a.crs}); give labels of the same place")
+
+
+def has_mask(src: rasterio.DatasetReader, bands: Sequence[int] | None = None) -> bool:
+    """Whether GDAL masks some pixels of ``bands`` (1-based; default all) beyond the nodata value: an alpha
+    band, a per-dataset mask (``.msk`` or internal) or a per-band mask. Such pixels count as nodata."""
+    flags = src.mask_flag_enums
+    wanted = range(1, src.count + 1) if bands is None else bands
+    plain = ({MaskFlags.all_valid}, {MaskFlags.nodata})
+    return any(set(flags[b - 1]) not in plain for b in wanted)
+
+
 def invalid_pixels(data: Tensor, nodata: float | None) -> Tensor:
     """Bool (..., H, W): True where any band (dim -3) of ``data`` (..., C, H, W) is NaN or ``nodata``."""
     bad = torch.isnan(data)
@@ -149,8 +181,9 @@ class GeoRasterDataset(RasterDataset):
     Samples (``ds[geoslice]``) are dicts with
 
     * ``image``: float32 (C, H, W), C = ``len(band_names)``, in the file's units; NaN replaced by 0;
-    * ``valid``: bool (H, W), False where any band is the nodata value or NaN (or outside every file
-      when the files have a nodata value);
+    * ``valid``: bool (H, W), False where any band is the nodata value or NaN, where an alpha band or a
+      GDAL mask (per-dataset ``.msk`` or internal) hides the pixel, or outside every file when the files
+      have a nodata value or a mask;
     * ``bounds``: float tensor (9,) ``[xmin, xmax, xres, ymin, ymax, yres, tmin, tmax, tres]`` (TorchGeo);
     * ``transform``: float tensor (9,) the window's affine transform (TorchGeo).
 
@@ -193,6 +226,7 @@ class GeoRasterDataset(RasterDataset):
             self.nodata = nodata  # TorchGeo's attribute: read through a VRT with this source nodata
         self.nodata_value = nodata if nodata is not None else first.nodata
         self.sample_transforms = transforms
+        self.masked_files = [info.path for info in self.raster_infos if info.masked]
         super().__init__(
             paths=[str(f) for f in files],
             crs=crs,
@@ -202,6 +236,19 @@ class GeoRasterDataset(RasterDataset):
             cache=cache,
             time_series=time_series,
         )
+
+    def _mask_valid(self, transform: Tensor, shape: tuple[int, int]) -> Tensor:
+        """Bool (H, W): True where some file's GDAL mask (alpha band, per-dataset or internal mask) shows a
+        pixel, each file's mask warped (nearest) onto the sample's grid."""
+        height, width = int(shape[0]), int(shape[1])
+        grid = Affine(*[float(v) for v in transform.flatten()[:6]])
+        shown = np.zeros((height, width), dtype=bool)
+        crs = rasterio.crs.CRS.from_user_input(self.crs)
+        for info in self.raster_infos:
+            with rasterio.open(info.path) as src, WarpedVRT(src, crs=crs, transform=grid, width=width, height=height,
+                                                            resampling=Resampling.nearest) as vrt:
+                shown |= vrt.dataset_mask() > 0
+        return torch.from_numpy(shown)
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -213,6 +260,8 @@ class GeoRasterDataset(RasterDataset):
         sample = super().__getitem__(index)
         image = sample["image"]
         sample["valid"] = ~invalid_pixels(image, self.nodata_value)
+        if self.masked_files:
+            sample["valid"] &= self._mask_valid(sample["transform"], image.shape[-2:])
         sample["image"] = torch.nan_to_num(image, nan=0.0)
         if self.sample_transforms is not None:
             sample = self.sample_transforms(sample)

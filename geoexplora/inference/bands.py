@@ -22,7 +22,7 @@ def model_band_indexes(
     Raises:
         GeoExploraError: naming both lists when ``file_bands`` has the wrong length or lacks a model band.
     """
-    info = inspect_raster(raster)
+    info = inspect_raster(raster, georeferenced=False)  # the CRS is check_raster's (--allow-no-crs)
     count = info.count
     names = tuple(file_bands) if file_bands is not None else file_band_names(info)
     if len(names) != count:

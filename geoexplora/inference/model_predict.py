@@ -52,7 +52,7 @@ def band_indexes(preprocessing: Preprocessing, raster: Path, band_names: Sequenc
     or (for a file without descriptions and as many bands) the training file's band names."""
     file_bands = preprocessing.file_bands
     if band_names is None and file_bands is not None:
-        info = inspect_raster(raster)
+        info = inspect_raster(raster, georeferenced=False)  # the CRS is check_raster's (--allow-no-crs)
         if not all(info.descriptions) and info.count == len(file_bands):
             logger.info("%s: no band descriptions; using the training file's band names %s", raster, file_bands)
             band_names = file_bands

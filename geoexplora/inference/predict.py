@@ -37,7 +37,8 @@ from geoexplora.errors import GeoExploraError
 from geoexplora.inference.blending import RowBlender
 from geoexplora.inference.reader import GDAL_CACHE_BYTES, Batch, WindowReader
 from geoexplora.inference.windows import TileWindow, WindowGrid
-from geoexplora.inference.writer import BlockWriter, OutputSpec
+from geoexplora.inference.writer import BlockWriter, OutputSpec, partial_path
+from geoexplora.outputs import OutputLock, folder_is_writable
 
 if TYPE_CHECKING:
     from geoexplora.models.checkpoint import ClassInfo
@@ -158,7 +159,7 @@ def predict_raster(
         overwrite: replace existing outputs.
         resume: continue an interrupted run with the same inputs and parameters from its last written
             row block; the result is byte-identical to an uninterrupted run.
-        progress: show a tqdm bar (windows, windows/s).
+        progress: show a tqdm bar (windows, windows/s) when stderr is a terminal.
         nodata_out: class-map nodata (default 255, or 65535 for uint16); must not be a class id.
         allow_no_crs: accept a raster without CRS/transform and write pixel coordinates.
         prefetch: batches read ahead.
@@ -192,51 +193,58 @@ def predict_raster(
         raise GeoExploraError(f"{out}: the class map and the probabilities need different paths")
     for path in paths:
         check_output(path, overwrite, resume)
-    specs = describe_outputs(output_specs(source, grid, mode, paths, num_classes, dtype, nodata), classes,
-                             {**(tags or {}), "mode": mode, "tile": str(tile), "overlap": str(overlap)})
-    lut = value_table(values, dtype, nodata)
-    key = params_key(source, model, normalize, band_indexes, tile, overlap, batch_size, mode, num_classes,
-                     nodata, paths, allow_no_crs, values)
-    if isinstance(model, nn.Module):
-        model.eval()
+    with OutputLock(paths):
+        if resume and is_finished(paths):
+            logger.warning("%s: already complete; --resume leaves it alone (use overwrite to redo it)", out)
+            for path in paths:  # what a run killed after its last rename may have left
+                partial_path(path, ".tif").unlink(missing_ok=True)
+            return PredictSummary(raster, tuple(paths), source.width, source.height, 0, len(grid), 0,
+                                  time.perf_counter() - started, 0.0, 0)
+        specs = describe_outputs(output_specs(source, grid, mode, paths, num_classes, dtype, nodata), classes,
+                                 {**(tags or {}), "mode": mode, "tile": str(tile), "overlap": str(overlap)})
+        lut = value_table(values, dtype, nodata)
+        key = params_key(source, model, normalize, band_indexes, tile, overlap, batch_size, mode, num_classes,
+                         nodata, paths, allow_no_crs, values)
+        if isinstance(model, nn.Module):
+            model.eval()
 
-    rows_per_block = grid.stride if mode == "segmentation" else 1
-    writer = BlockWriter(specs, rows_per_block, key, resume)
-    done = writer.blocks_done
-    # Segmentation re-blends the last written window row: it holds the overlap carried into the next.
-    first_row = max(done - 1, 0) if mode == "segmentation" else done
-    sink = _SegmentationRows(grid, num_classes, dtype, nodata, probabilities is not None) if mode == "segmentation" \
-        else _ClassificationRows(grid, num_classes, dtype, nodata, probabilities is not None)
-    device = torch.device(device)
-    reader = WindowReader(raster, grid, band_indexes, batch_size, None,
-                          start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
-                          pin_memory=device.type == "cuda")
-    todo = len(grid) - first_row * grid.cols
-    windows_with_data = 0
-    # One cap on GDAL's block cache for the whole call, the COG copy included (GDAL's default is 5% of RAM,
-    # which a large output would fill).
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-        with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=not progress) as bar:
-            for batch in reader:
-                probs = _forward(model, normalize, batch, device, mode, num_classes, grid.tile)
-                windows_with_data += len(batch.has_data)
-                by_window = dict(zip(batch.has_data, probs, strict=True))
-                for i, window in enumerate(batch.windows):
-                    if window.row < first_row:
-                        continue
-                    sink.add(window, by_window.get(i), batch.invalid[i])
-                    bar.update(1)
-                    if window.col == grid.cols - 1:
-                        row_start, block = sink.finish_row(window.row)
-                        if window.row >= done:
-                            writer.put(window.row, row_start, [lut[block[0]], *block[1:]])
-        writer.finish()
-    if windows_with_data == 0 and done == 0:
-        logger.warning("%s: every pixel is nodata or NaN; %s is all nodata", raster, out)
-    return PredictSummary(
-        raster, tuple(paths), source.width, source.height, todo, len(grid), done, time.perf_counter() - started,
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, sink.buffer_bytes,
-    )
+        rows_per_block = grid.stride if mode == "segmentation" else 1
+        writer = BlockWriter(specs, rows_per_block, key, resume)
+        done = writer.blocks_done
+        # Segmentation re-blends the last written window row: it holds the overlap carried into the next.
+        first_row = max(done - 1, 0) if mode == "segmentation" else done
+        sink = _SegmentationRows(grid, num_classes, dtype, nodata, probabilities is not None) if mode == "segmentation" \
+            else _ClassificationRows(grid, num_classes, dtype, nodata, probabilities is not None)
+        device = torch.device(device)
+        reader = WindowReader(raster, grid, band_indexes, batch_size, None,
+                              start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
+                              pin_memory=device.type == "cuda")
+        todo = len(grid) - first_row * grid.cols
+        windows_with_data = 0
+        # One cap on GDAL's block cache for the whole call, the COG copy included (GDAL's default is 5% of RAM,
+        # which a large output would fill).
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), writer.discarded_on_error():
+            with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=None if progress else True) as bar:
+                for batch in reader:
+                    probs = _forward(model, normalize, batch, device, mode, num_classes, grid.tile)
+                    windows_with_data += len(batch.has_data)
+                    by_window = dict(zip(batch.has_data, probs, strict=True))
+                    for i, window in enumerate(batch.windows):
+                        if window.row < first_row:
+                            continue
+                        sink.add(window, by_window.get(i), batch.invalid[i])
+                        bar.update(1)
+                        if window.col == grid.cols - 1:
+                            row_start, block = sink.finish_row(window.row)
+                            if window.row >= done:
+                                writer.put(window.row, row_start, [lut[block[0]], *block[1:]])
+            writer.finish()
+        if windows_with_data == 0 and done == 0:
+            logger.warning("%s: every pixel is nodata or NaN; %s is all nodata", raster, out)
+        return PredictSummary(
+            raster, tuple(paths), source.width, source.height, todo, len(grid), done, time.perf_counter() - started,
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, sink.buffer_bytes,
+        )
 
 
 def check_raster(raster: Path, allow_no_crs: bool = False) -> SourceInfo:
@@ -288,17 +296,22 @@ def check_bands(raster: Path, count: int, bands: Sequence[int] | None) -> list[i
     return wanted
 
 
+def is_finished(paths: Sequence[Path]) -> bool:
+    """Whether every output exists and no interrupted run of them is waiting (no resume state)."""
+    return all(p.is_file() for p in paths) and not partial_path(paths[0], ".json").exists()
+
+
 def check_output(path: Path, overwrite: bool, resume: bool) -> None:
     """Refuse an output whose folder is missing or read-only, or that exists (unless overwrite/resume)."""
     folder = path.parent
     if not folder.is_dir():
         raise GeoExploraError(f"{path}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not folder_is_writable(folder):
         raise GeoExploraError(f"{path}: output folder {folder} is not writable")
     if path.is_dir():
         raise GeoExploraError(f"{path}: is a folder; give an output file name")
     if path.exists() and not (overwrite or resume):
-        raise GeoExploraError(f"{path}: already exists; pass overwrite to replace it")
+        raise GeoExploraError(f"{path}: already exists; pass --overwrite to replace it")
 
 
 def class_dtype(num_classes: int, nodata_out: int | None) -> tuple[str, int]:

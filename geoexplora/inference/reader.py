@@ -2,7 +2,7 @@
 
 A :class:`WindowReader` owns one thread and one rasterio handle (handles are not shared between
 threads). The thread reads the windows of the grid in row-major order, pads edge windows by
-reflection, marks nodata/NaN pixels, normalises, and puts whole batches on a queue of at most
+reflection, marks nodata/NaN pixels and those an alpha band or a GDAL mask hides, normalises, and puts whole batches on a queue of at most
 ``prefetch`` batches, so memory held by reading is ``prefetch + 1`` batches of float32
 (B, C, tile, tile). Batches are fixed chunks of ``batch_size`` consecutive windows of the whole grid
 (batch ``i`` holds windows ``[i * B, (i + 1) * B)``), wherever reading starts, so a resumed run feeds
@@ -22,12 +22,21 @@ from types import TracebackType
 import numpy as np
 import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from torch import Tensor
 
+from geoexplora.data.raster import has_mask
+from geoexplora.errors import GeoExploraError
 from geoexplora.inference.windows import TileWindow, WindowGrid, pad_window
 
 GDAL_CACHE_BYTES = 256 * 1024 * 1024  # GDAL's block cache, else 5 % of the machine's RAM
+
+
+def _first_line(error: BaseException) -> str:
+    """The first informative line of ``error`` or of the GDAL errors that caused it."""
+    while error.__cause__ is not None and (not str(error) or "previous exception" in str(error)):
+        error = error.__cause__
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 @dataclass
@@ -78,6 +87,7 @@ class WindowReader:
         self._queue: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="geoexplora-reader", daemon=True)
+        self._masked = False
 
     @property
     def num_batches(self) -> int:
@@ -119,9 +129,13 @@ class WindowReader:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(self.path) as src:
+                    self._masked = has_mask(src, self.bands)
                     for index in range(self.start_batch, self.num_batches):
                         if not self._put(self._read_batch(src, index)):
                             return
+        except RasterioError as error:  # a file damaged past its header: one line for the user
+            self._put(GeoExploraError(f"{self.path}: not a readable raster ({_first_line(error)})"))
+            return
         except BaseException as error:  # handed to the consumer, raised there
             self._put(error)
             return
@@ -146,6 +160,8 @@ class WindowReader:
         """float32 (C, tile, tile) with NaN at invalid pixels, and bool (tile, tile) invalid."""
         raw = src.read(self.bands, window=window.read_window)
         invalid = np.zeros(raw.shape[1:], dtype=bool)
+        if self._masked:
+            invalid |= (src.read_masks(self.bands, window=window.read_window) == 0).any(axis=0)
         if src.nodata is not None and not np.isnan(src.nodata):
             invalid |= (raw == np.asarray(src.nodata).astype(raw.dtype)).any(axis=0)
         image = raw.astype(np.float32)

@@ -18,6 +18,7 @@ import rasterio.features
 from shapely.geometry import shape
 
 from geoexplora.errors import GeoExploraError
+from geoexplora.outputs import folder_is_writable
 
 VECTOR_SUFFIXES = {".gpkg": "GPKG", ".parquet": "parquet", ".geoparquet": "parquet"}
 
@@ -73,6 +74,21 @@ def vectorize_classes(
     return frame
 
 
+def check_vector_output(path: Path, overwrite: bool = False) -> str:
+    """The OGR driver for ``path``; GeoExploraError for an unknown suffix, a missing or read-only folder, or
+    an existing file (unless ``overwrite``)."""
+    driver = VECTOR_SUFFIXES.get(path.suffix.lower())
+    if driver is None:
+        raise GeoExploraError(f"{path}: unknown vector format; use {', '.join(VECTOR_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise GeoExploraError(f"{path}: output folder {path.parent} does not exist")
+    if not folder_is_writable(path.parent):
+        raise GeoExploraError(f"{path}: output folder {path.parent} is not writable")
+    if path.exists() and not overwrite:
+        raise GeoExploraError(f"{path}: already exists; pass --overwrite to replace it")
+    return driver
+
+
 def write_vectors(frame: gpd.GeoDataFrame, path: Path, *, overwrite: bool = False) -> Path:
     """Write ``frame`` as GeoPackage (``.gpkg``) or GeoParquet (``.parquet``/``.geoparquet``).
 
@@ -80,13 +96,7 @@ def write_vectors(frame: gpd.GeoDataFrame, path: Path, *, overwrite: bool = Fals
     partial file.
     """
     path = Path(path)
-    driver = VECTOR_SUFFIXES.get(path.suffix.lower())
-    if driver is None:
-        raise GeoExploraError(f"{path}: unknown vector format; use {', '.join(VECTOR_SUFFIXES)}")
-    if not path.parent.is_dir():
-        raise GeoExploraError(f"{path}: output folder {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise GeoExploraError(f"{path}: already exists; pass overwrite to replace it")
+    driver = check_vector_output(path, overwrite)
     partial = path.with_name(f"{path.stem}.partial{path.suffix}")
     partial.unlink(missing_ok=True)
     if driver == "GPKG":

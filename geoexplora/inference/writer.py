@@ -16,12 +16,13 @@ Writes run in a background thread fed through a queue of at most ``queue_blocks`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -135,13 +136,38 @@ class BlockWriter:
         self._queue.put((block, row_start, list(data)))
 
     def finish(self) -> None:
-        """COG-copy every temporary file, rename it into place, and remove the temporary files."""
-        for spec in self.outputs:
-            cog = partial_path(spec.path, ".cog.tif")
+        """COG-copy every temporary file, rename them into place, and remove the temporary files.
+
+        Every copy is made before any rename, and the resume state goes before the partial files, so a run
+        killed at any point here either resumes (state and partials still there: the copies are redone) or
+        is complete (no state).
+        """
+        cogs = [partial_path(spec.path, ".cog.tif") for spec in self.outputs]
+        for spec, cog in zip(self.outputs, cogs, strict=True):
             rasterio.shutil.copy(spec.partial, cog, driver="COG", **COG_OPTIONS)
+        for spec, cog in zip(self.outputs, cogs, strict=True):
             os.replace(cog, spec.path)
-            spec.partial.unlink()
         self.state_path.unlink()
+        for spec in self.outputs:
+            spec.partial.unlink()
+
+    def temporary_files(self) -> list[Path]:
+        """Every file this writer may leave beside its outputs."""
+        files = [self.state_path, partial_path(self.outputs[0].path, ".json.tmp")]
+        for spec in self.outputs:
+            files += [spec.partial, partial_path(spec.path, ".cog.tif")]
+        return files
+
+    @contextlib.contextmanager
+    def discarded_on_error(self) -> Iterator[None]:
+        """Remove the temporary files when the body fails with an error (a bad input found mid-run), so no
+        stale partial is left; an interrupt (Ctrl-C, a kill) keeps them for ``resume``."""
+        try:
+            yield
+        except Exception:
+            for path in self.temporary_files():
+                path.unlink(missing_ok=True)
+            raise
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from timm.models import model_entrypoint, split_model_name_tag
 
 from geoexplora.bands import get_sensor
 from geoexplora.errors import GeoExploraError
+from geoexplora.models.hub import timm_pretrained_state_dict
 from geoexplora.models.patch_embed import GroupPatchEmbed, SpectralPatchEmbed, TemporalPatchEmbed
 
 EMBEDS = ("spectral", "group", "temporal")
@@ -93,6 +95,14 @@ class BackboneConfig:
                 raise GeoExploraError(f"{name} must be a positive integer, got {value!r}")
         if self.weights not in (None, "timm") and not self.weights.endswith(WEIGHT_SUFFIXES):
             raise GeoExploraError(f"weights must be None, 'timm' or a {'/'.join(WEIGHT_SUFFIXES)} file, got {self.weights!r}")
+
+    @property
+    def patch_pixels(self) -> int:
+        """Patch side in pixels: the ``patch_size`` override, else the one in the timm name (``patch14``)."""
+        if self.patch_size:
+            return self.patch_size
+        found = re.search(r"patch(\d+)", self.model)
+        return int(found.group(1)) if found else 16
 
     @property
     def source_objective(self) -> str | None:
@@ -184,7 +194,7 @@ def load_source_state_dict(cfg: BackboneConfig) -> dict[str, torch.Tensor] | Non
     if cfg.weights is None:
         return None
     if cfg.weights == "timm":
-        return timm.create_model(cfg.model, pretrained=True, **_source_kwargs(cfg)).state_dict()
+        return timm_pretrained_state_dict(cfg.model, **_source_kwargs(cfg))
     arch = _check_model_name(cfg.model)
     with torch.device("meta"):
         reference = timm.create_model(arch, **_source_kwargs(cfg))

@@ -4,7 +4,10 @@ A checkpoint names its source weights and its parent checkpoint (:class:`Lineage
 its own folder when possible, with the sha256 of the file (of the parent's ``model.safetensors``).
 :func:`resolve_ref` looks such a path up in the checkpoint folder, then the working directory, then the
 search path (``--weights-dir`` folders, then ``$GEOEXPLORA_WEIGHTS``), and refuses a file whose sha256
-differs from the recorded one.
+differs from the recorded one. A file outside the checkpoint folder, the working directory and the
+search path (reached by an absolute or ``..`` path) is used only when the checkpoint records its sha256
+and the file matches it: a ``config.json`` can refer to the file it was trained from, never make
+geoexplora read (or hash into an error message) any other file.
 """
 
 from __future__ import annotations
@@ -114,6 +117,30 @@ def search_path(weights_dir: SearchDirs = None) -> list[Path]:
     return [Path(p) for p in [*given, *env]]
 
 
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` (links and ``..`` resolved) lies in one of the folders ``roots``."""
+    target = path.resolve()
+    return any(target.is_relative_to(root.resolve()) for root in roots)
+
+
+def _check_outside(found: Path, ref: FileRef, config: Path, what: str, is_dir: bool) -> None:
+    """A file outside the checkpoint folder, the working directory and the search path is used only when it
+    is the very file the checkpoint was built from (its recorded sha256 matches), and its own hash is never
+    told, so a ``config.json`` cannot read or probe other files by an absolute or ``..`` path."""
+    if ref.sha256 is None:
+        raise GeoExploraError(
+            f"{config}: {what} {ref.path} lies outside the checkpoint folder, the working directory and the "
+            f"--weights-dir folders, and no sha256 is recorded to check it; pass --weights-dir DIR (or set "
+            f"{WEIGHTS_PATH_ENV}) to the folder that holds it"
+        )
+    if ref.sha256 != (checkpoint_sha256(found) if is_dir else file_sha256(found)):
+        target = found / WEIGHTS_NAME if is_dir else found
+        raise GeoExploraError(
+            f"{target}: sha256 differs from {ref.sha256[:12]} that {config} records for its {what}; restore "
+            "the original file, or pass --weights-dir to where it is"
+        )
+
+
 def resolve_ref(ref: FileRef, directory: Path, search: Sequence[Path], what: str, is_dir: bool = False) -> Path:
     """The file ``ref`` names, looked up in the checkpoint folder, the working directory, then ``search``
     (by its relative path, then by its name), and checked against its recorded sha256.
@@ -134,7 +161,9 @@ def resolve_ref(ref: FileRef, directory: Path, search: Sequence[Path], what: str
             f"{WEIGHTS_PATH_ENV}) to where it is, or load an exported copy (geoexplora export)"
         )
     found = found.resolve()
-    if ref.sha256 is not None:
+    if not _inside(found, [directory, Path.cwd(), *search]):
+        _check_outside(found, ref, config, what, is_dir)
+    elif ref.sha256 is not None:
         actual = checkpoint_sha256(found) if is_dir else file_sha256(found)
         if actual != ref.sha256:
             target = found / WEIGHTS_NAME if is_dir else found

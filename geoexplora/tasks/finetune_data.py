@@ -237,7 +237,11 @@ class LabelledRasterDataModule(L.LightningDataModule):
             self.classes = list(labels.classes)
         if len(self.classes) != (len(self.class_values) if self.class_values is not None else len(self.classes)):
             raise GeoExploraError(f"{len(self.classes)} class names {self.classes} for {len(self.class_values)} class values")
-        dataset = image & labels
+        try:
+            dataset = image & labels
+        except RuntimeError as err:  # TorchGeo: "Datasets have no spatial intersection"
+            raise GeoExploraError(f"{o['mask'] or o['vector']}: the labels do not overlap the image {o['image']} "
+                                  f"({err}); give labels of the same place") from None
         self.band_statistics = self._statistics(lambda: compute_band_statistics(image, seed=o["seed"],
                                                                                 window_size=o["window_size"]))
         x, y, _ = dataset.bounds

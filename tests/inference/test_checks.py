@@ -12,6 +12,7 @@ import torch
 from inference_helpers import pixel_model
 
 from geoexplora.errors import GeoExploraError
+from geoexplora.inference import predict as predict_module
 from geoexplora.inference import predict_raster
 
 FAST = {"tile": 32, "overlap": 8, "batch_size": 4, "progress": False}
@@ -62,9 +63,9 @@ def test_read_only_output_folder(scene: Path, tmp_path: Path, monkeypatch: pytes
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
-    if os.geteuid() == 0:  # root writes everywhere: make the permission check answer as for a user
-        real_access = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
+    if os.geteuid() == 0:  # root writes everywhere: make the write probe answer as for a user
+        real_probe = predict_module.folder_is_writable
+        monkeypatch.setattr(predict_module, "folder_is_writable", lambda f: Path(f) != folder and real_probe(f))
     try:
         expect_error(scene, folder / "pred.tif", r"pred\.tif: output folder .*ro is not writable")
     finally:
