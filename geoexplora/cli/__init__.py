@@ -52,12 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at each record (tests and notebooks swap it;
+    a handler bound to the stream of the first call would write to a closed one later)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _log_to_stderr(level: int) -> None:
     """geoexplora's own log lines on stderr; other libraries' loggers (Lightning has its own) untouched."""
     logger = logging.getLogger("geoexplora")
     logger.setLevel(level)
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
 

@@ -195,6 +195,7 @@ def test_finetune_resumes_its_own_last_checkpoint_and_overwrite_starts_afresh(ti
     mask = fake_rasters.write_label_raster(tmp_path / "mask.tif", width=90, height=70, num_classes=3)
     config = yaml.safe_load((REPO / "recipes" / "tiny-finetune-segmentation.yaml").read_text())
     config["model"]["backbone"].update(weights=str(tiny["root"] / "vit.safetensors"), depth=2)
+    config["model"]["segmentation_head"] = "linear"  # the recipe's upernet needs 4 blocks; this ViT has 2
     config["data"].update(image=str(tiny["scene"]), mask=str(mask))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(config))
