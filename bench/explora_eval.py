@@ -471,8 +471,7 @@ NOTES = [
     "token, last block, normed); segmentation per patch token: the last block's patch tokens bilinearly upsampled "
     "to pixels, logistic regression fitted on labelled pixels sampled from the training windows, scored on every "
     "test pixel. Probe and ExPLoRA -> LoRA rows start from the backbone `PretrainTask.export_model()` exports, "
-    "adapters merged (on the code of this commit that is the DINOv2 student; DINOv2 and the ExPLoRA linear-probe "
-    "config evaluate the teacher, which item 1 of issue 14 changes).",
+    "adapters merged: for DINOv2 the EMA teacher, which DINOv2 and the ExPLoRA linear-probe config evaluate.",
     "- ExPLoRA pre-training sees the unlabelled pixels of the whole domain, test blocks included (no labels); "
     "that is the setting ExPLoRA targets (unlabelled imagery of the target domain) and it favours the ExPLoRA rows "
     "over a protocol that pre-trains on other scenes.",
