@@ -20,19 +20,14 @@ from pathlib import Path
 
 import pytest
 import rasterio
-import timm
 import torch
 import yaml
-from safetensors.torch import save_file
 
 import fake_rasters
-from geoexplora.data import GeoRasterDataset, compute_band_statistics
-from geoexplora.models import BackboneConfig, save_checkpoint
-from geoexplora.tasks.finetune import FinetuneTask
+from fake_checkpoints import write_segmentation_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 BANDS = ["red", "green", "blue", "nir"]
-TINY = dict(embed_dim=64, depth=2, num_heads=4, patch_size=8, img_size=32)
 FINETUNE_KEYS = {"trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1}}
 
 
@@ -195,14 +190,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                       nodata_border=3, descriptions=BANDS)
     mask = fake_rasters.write_label_raster(root / "mask.tif", width=90, height=70, num_classes=3)
     far = fake_rasters.write_label_raster(root / "far_mask.tif", width=90, height=70, crs="EPSG:32610")
-    torch.manual_seed(0)
-    weights = root / "vit.safetensors"
-    save_file(timm.create_model("vit_base_patch16_224", num_classes=0, **TINY).state_dict(), weights)
-    task = FinetuneTask(task="segmentation", backbone=BackboneConfig(model="vit_base_patch16_224",
-                        weights=str(weights), bands=BANDS, **TINY), classes=["a", "b", "c"], segmentation_head="linear")
-    task.band_statistics = compute_band_statistics(GeoRasterDataset(scene), num_windows=4, window_size=32).to_dict()
-    task.normalization = "standardize"
-    ckpt = save_checkpoint(root / "ckpt", task.export_model(), task.export_config())
+    weights, ckpt = write_segmentation_checkpoint(root, scene, BANDS)
     made = {"root": root, "scene": scene, "mask": mask, "weights": weights, "ckpt": ckpt}
     made["scene2"] = shutil.copy(scene, root / "scene2.tif")
     made["corrupt"] = _write_corrupt(root / "corrupt.tif")

@@ -14,23 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import timm
 import torch
 from rasterio.enums import ColorInterp
 from safetensors.torch import save_file
 
 import fake_rasters
+from fake_checkpoints import write_segmentation_checkpoint
 from geoexplora.cli import main
 from geoexplora.data import GeoRasterDataset, compute_band_statistics
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference import predict_raster
-from geoexplora.models import BackboneConfig, load_model, save_checkpoint
+from geoexplora.models import load_model
 from geoexplora.models.lineage import file_sha256
-from geoexplora.tasks.finetune import FinetuneTask
 
 REPO = Path(__file__).resolve().parents[2]
 BANDS = ["red", "green", "blue", "nir"]
-TINY = dict(embed_dim=64, depth=2, num_heads=4, patch_size=8, img_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +37,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("reliability")
     scene = fake_rasters.write_raster(root / "scene.tif", width=90, height=70, count=4, descriptions=BANDS)
     large = fake_rasters.write_raster(root / "large.tif", width=1200, height=1200, count=4, descriptions=BANDS)
-    torch.manual_seed(0)
-    weights = root / "vit.safetensors"
-    save_file(timm.create_model("vit_base_patch16_224", num_classes=0, **TINY).state_dict(), weights)
-    task = FinetuneTask(task="segmentation", backbone=BackboneConfig(model="vit_base_patch16_224",
-                        weights=str(weights), bands=BANDS, **TINY), classes=["a", "b", "c"], segmentation_head="linear")
-    task.band_statistics = compute_band_statistics(GeoRasterDataset(scene), num_windows=4, window_size=32).to_dict()
-    task.normalization = "standardize"
-    return {"root": root, "scene": scene, "large": large,
-            "ckpt": save_checkpoint(root / "ckpt", task.export_model(), task.export_config())}
+    _, ckpt = write_segmentation_checkpoint(root, scene, BANDS)
+    return {"root": root, "scene": scene, "large": large, "ckpt": ckpt}
 
 
 def _predict_argv(tiny: dict[str, Path], raster: Path, out: Path, *extra: str) -> list[str]:
