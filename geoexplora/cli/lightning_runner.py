@@ -10,7 +10,9 @@ names it. Besides Lightning's own keys, every run has:
   files to ``DIR/lightning``, logs to the recipe's ``trainer.logger`` (TensorBoard, MLflow, ...) or, when
   it names none, CSV logs to ``DIR/logs/version_N`` (``trainer.logger: false``: no logs).
 * ``--checkpoint_every_n_steps N`` (default 0: only at the end): export period.
-* ``--resume``: continue from ``DIR/lightning/last.ckpt``.
+* ``--resume``: continue from ``DIR/lightning/last.ckpt``, exactly: the data order
+  and the random generators are saved with it (:class:`~geoexplora.tasks.exact_resume.ExactResume`), so
+  the resumed run trains what an uninterrupted one would have.
 * ``--no-progress`` (or ``TQDM_DISABLE=1``): no progress lines; ``--quiet``: no progress and no summary.
 
 Lightning's own progress bar is replaced by :class:`~geoexplora.cli.progress.StepProgress`
@@ -37,8 +39,8 @@ from geoexplora.cli.progress import StepProgress
 from geoexplora.cli.terminal import format_duration, peak_memory, progress_disabled
 from geoexplora.cli.recipe_keys import check_renamed_keys
 from geoexplora.errors import GeoExploraError
+from geoexplora.tasks.exact_resume import ExactResume
 from geoexplora.tasks.export import ExportCheckpoint
-
 
 # Lightning's messages that tell a geoexplora user nothing actionable, matched by their text.
 KNOWN_WARNINGS = (
@@ -47,6 +49,7 @@ KNOWN_WARNINGS = (
     r"No seed found, seed set to",
     r"The '\w+_dataloader' does not have many workers",
     r".*deprecated in v4\.\d+\.\d+ and will be removed in v5",  # jsonargparse, called by LightningCLI
+    r"You're resuming from a checkpoint that ended before the epoch ended",  # ExactResume restores the position
 )
 # Loggers whose INFO lines are the GPU/TPU/HPU availability, tips, "`Trainer.fit` stopped" and LOCAL_RANK.
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
@@ -92,6 +95,7 @@ class GeoExploraCLI(LightningCLI):
         callbacks = [
             ExportCheckpoint(out / "checkpoint", every_n_steps=every),
             ModelCheckpoint(dirpath=out / "lightning", save_last=True, every_n_train_steps=every or None),
+            ExactResume(),
         ]
         # Passed in, not appended afterwards, so Lightning sees our ModelCheckpoint and adds no default one.
         trainer = self._get(self.config_init, "trainer", default={})

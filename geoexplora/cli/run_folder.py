@@ -2,18 +2,24 @@
 ``--out`` may be written, and an existing run is neither replaced nor resumed by accident.
 
 * every ``--config`` file must be YAML (one line naming the file and the line otherwise);
-* ``--out`` (else the recipe's ``out``, else ``runs/<command>``) must lie in a writable folder;
+* ``--out`` (else the recipe's ``out``, else ``runs/<command>``) must lie in a writable folder, and no
+  other running process may be writing it: the run holds ``<out>.lock`` (:class:`~geoexplora.outputs.OutputLock`)
+  from these checks to its end;
 * an existing run folder needs ``--resume`` (continue it from its own ``lightning/last.ckpt``) or
   ``--overwrite`` (its ``checkpoint/``, ``lightning/``, ``logs/`` and ``config.yaml`` are removed first);
   ``--resume`` needs that last checkpoint;
 * ``trainer.accelerator`` ``cuda``/``gpu`` needs a CUDA device; ``data.mask`` must overlap ``data.image``;
   ``weights: timm`` needs the weights cached or the Hub in reach;
 * LightningCLI's own parse errors (an unknown key, a bad value) become one line instead of the usage.
+
+Processes a launcher started for the other ranks of a distributed run (Lightning's DDP children,
+``torchrun``, SLURM) skip the checks and the lock: rank 0 made them and holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from geoexplora.errors import GeoExploraError
+from geoexplora.outputs import OutputLock
 
 RUN_PARTS = ("checkpoint", "lightning", "logs", "config.yaml")
 LAST_CHECKPOINT = Path("lightning") / "last.ckpt"
@@ -122,8 +129,19 @@ def _check_inputs(argv: Sequence[str], recipes: list[dict[str, Any]]) -> None:
         check_timm_weights(str(_setting(argv, recipes, "model.backbone.model")))
 
 
-def prepare_run(command: str, argv: Sequence[str]) -> RunRequest:
-    """Check the command line (see the module docstring) and clear the run folder when ``--overwrite``."""
+def launched_rank() -> int:
+    """This process's global rank when a launcher started it, else 0: the environment variables Lightning
+    reads for it (``RANK`` from torchrun, ``LOCAL_RANK`` from its own DDP launcher, ``SLURM_PROCID``)."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+@contextlib.contextmanager
+def prepared_run(command: str, argv: Sequence[str]) -> Iterator[RunRequest]:
+    """Check the command line (see the module docstring), lock the run folder, clear it when
+    ``--overwrite``, and hold the lock while the caller runs."""
     argv = list(argv)
     overwrite = "--overwrite" in argv
     argv = [a for a in argv if a != "--overwrite"]
@@ -132,6 +150,10 @@ def prepare_run(command: str, argv: Sequence[str]) -> RunRequest:
         raise GeoExploraError("--resume continues a run and --overwrite replaces it; give one of them")
     recipes = [read_recipe(p) for p in _flag_values(argv, "--config")]
     out = Path(_setting(argv, recipes, "out") or f"runs/{command}")
+    request = RunRequest(argv, out, resume, overwrite)
+    if launched_rank() != 0:
+        yield request
+        return
     accelerator = str(_setting(argv, recipes, "trainer.accelerator") or "auto").lower()
     if accelerator in ("cuda", "gpu"):
         import torch
@@ -141,6 +163,15 @@ def prepare_run(command: str, argv: Sequence[str]) -> RunRequest:
                                   "use --trainer.accelerator cpu (or auto)")
     check_writable_folder(out, f"--out {out}")
     _check_inputs(argv, recipes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock([out]):
+        _check_run_folder(out, resume, overwrite)
+        yield request
+
+
+def _check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """``--resume`` needs the last checkpoint; an existing run needs ``--resume`` or ``--overwrite`` (which
+    removes its parts)."""
     last = out / LAST_CHECKPOINT
     if resume and not last.is_file():
         raise GeoExploraError(f"{last}: nothing to resume (no last checkpoint in this run folder); "
@@ -153,7 +184,6 @@ def prepare_run(command: str, argv: Sequence[str]) -> RunRequest:
         for part in existing:
             path = out / part
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return RunRequest(argv, out, resume, overwrite)
 
 
 def _one_line(message: str) -> str:

@@ -48,15 +48,18 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from geoexplora.data import GeoRasterDataset, compute_band_statistics  # heavy: only when running
 
+    from geoexplora.outputs import OutputLock
+
     _check(args)
-    dataset = GeoRasterDataset(args.raster, bands=_names(args.bands), band_names=_names(args.band_names),
-                               nodata=args.nodata)
-    stats = compute_band_statistics(dataset, num_windows=args.windows, window_size=args.window_size,
-                                    seed=args.seed)
-    if args.out:
-        partial = args.out.with_name(f".{args.out.name}.partial")
-        partial.write_text(json.dumps(stats.to_dict(), indent=2))
-        os.replace(partial, args.out)
+    with OutputLock([args.out] if args.out else []):  # one writer of --out at a time
+        dataset = GeoRasterDataset(args.raster, bands=_names(args.bands), band_names=_names(args.band_names),
+                                   nodata=args.nodata)
+        stats = compute_band_statistics(dataset, num_windows=args.windows, window_size=args.window_size,
+                                        seed=args.seed)
+        if args.out:
+            partial = args.out.with_name(f".{args.out.name}.partial")
+            partial.write_text(json.dumps(stats.to_dict(), indent=2))
+            os.replace(partial, args.out)
     if args.json:
         print(json.dumps(stats.to_dict()))
         return 0

@@ -5,8 +5,10 @@ Both differ from TorchGeo's ``RandomGeoSampler`` / ``GridGeoSampler`` in two sma
 * each window's time range is the whole dataset's (the sampler's ``toi``), not the one file it was drawn
   from, so a time-series dataset yields every date of the place, and a grid visits each footprint
   once however many dates share it;
-* the random sampler draws the file as well as the offset from its seeded generator (TorchGeo draws the
-  file from the global RNG), so one seed gives the same windows every time.
+* the random sampler draws the file as well as the offset from its own generator (TorchGeo draws the
+  file from the global RNG), seeded ``seed + epoch`` (:class:`~geoexplora.data.resumable.EpochSeeded`),
+  so an epoch's windows depend only on the seed and the epoch: the same every time, and the same after
+  a resume.
 
 A dataset whose every file is smaller than the window is a GeoExploraError (TorchGeo would yield no
 window from a grid and fail inside ``torch.multinomial`` for random windows).
@@ -24,6 +26,7 @@ from torchgeo.datasets.utils import stack_samples
 from torchgeo.samplers import GridGeoSampler, RandomGeoSampler, Units
 from torchgeo.samplers.utils import get_random_bounding_box
 
+from geoexplora.data.resumable import EpochSeeded
 from geoexplora.errors import GeoExploraError
 
 __all__ = ["FullTimeGridSampler", "SeededRandomSampler", "grid_sampler", "random_sampler", "stack_samples"]
@@ -43,14 +46,21 @@ def _torchgeo_deprecations_silenced() -> Iterator[None]:
 
 with _torchgeo_deprecations_silenced():
 
-    class SeededRandomSampler(RandomGeoSampler):
-        """RandomGeoSampler drawing files and offsets from ``generator``; windows span the whole time range."""
+    class SeededRandomSampler(EpochSeeded, RandomGeoSampler):
+        """RandomGeoSampler drawing files and offsets from a generator seeded ``seed + epoch``; windows span
+        the whole time range."""
+
+        def __init__(self, dataset: GeoDataset, size: tuple[int, int], length: int, seed: int) -> None:
+            with _torchgeo_deprecations_silenced():
+                super().__init__(dataset, size, length=length, units=Units.PIXELS)
+            self.seed = seed
 
         def __iter__(self) -> Iterator[WindowSlice]:
+            generator = self.epoch_generator()
             for _ in range(len(self)):
-                tile = int(torch.multinomial(self.areas, 1, generator=self.generator))
+                tile = int(torch.multinomial(self.areas, 1, generator=generator))
                 with _torchgeo_deprecations_silenced():
-                    x, y = get_random_bounding_box(self.bounds[tile], self.size, self.res, self.generator)
+                    x, y = get_random_bounding_box(self.bounds[tile], self.size, self.res, generator)
                 yield x, y, slice(self.toi.left, self.toi.right)
 
     class FullTimeGridSampler(GridGeoSampler):
@@ -89,14 +99,13 @@ def check_window_fits(dataset: GeoDataset, size: int | tuple[int, int]) -> None:
 
 
 def random_sampler(dataset: GeoDataset, size: int | tuple[int, int], length: int, seed: int = 0) -> SeededRandomSampler:
-    """``length`` random windows of ``size`` pixels (H, W), the same ones for the same ``seed``.
+    """``length`` random windows of ``size`` pixels (H, W) per epoch, the same ones for the same ``seed`` and
+    epoch (``set_epoch``; epoch 0 until set).
 
     Windows are snapped to the pixel grid and lie inside one file's footprint (files drawn by area).
     """
     check_window_fits(dataset, size)
-    generator = torch.Generator().manual_seed(seed)
-    with _torchgeo_deprecations_silenced():
-        return SeededRandomSampler(dataset, _pixel_size(size), length=length, units=Units.PIXELS, generator=generator)
+    return SeededRandomSampler(dataset, _pixel_size(size), length, seed)
 
 
 def grid_sampler(dataset: GeoDataset, size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> FullTimeGridSampler:

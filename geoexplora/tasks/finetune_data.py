@@ -37,6 +37,7 @@ from geoexplora.data import (
     VectorMaskDataset,
     compute_band_statistics,
 )
+from geoexplora.data.resumable import EpochSeeded, ResumableDataLoader, SeededShuffleSampler
 from geoexplora.data.stats import band_statistics_from_pixels
 from geoexplora.errors import GeoExploraError
 
@@ -81,12 +82,12 @@ def deal_splits(n: int, fractions: Sequence[float], seed: int, what: str) -> dic
     return splits
 
 
-class BlockWindowSampler(Sampler):
-    """Windows of ``size`` pixels inside ``blocks``: ``length`` random ones, or a grid over each block."""
+class BlockWindowSampler(EpochSeeded, Sampler):
+    """Windows of ``size`` pixels inside ``blocks``: ``length`` random ones per epoch (drawn from a generator
+    seeded ``seed + epoch``), or a grid over each block."""
 
     def __init__(self, blocks: list[Block], res: tuple[float, float], size: int, length: int | None, seed: int) -> None:
-        self.blocks, self.res, self.size, self.length = blocks, res, size, length
-        self.generator = torch.Generator().manual_seed(seed)
+        self.blocks, self.res, self.size, self.length, self.seed = blocks, res, size, length, seed
 
     def _window(self, block: Block, col: int, row: int) -> tuple[slice, slice]:
         xres, yres = self.res
@@ -96,8 +97,9 @@ class BlockWindowSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[slice, slice]]:
         span = round((self.blocks[0][2] - self.blocks[0][0]) / self.res[0]) - self.size
         if self.length is not None:
+            generator = self.epoch_generator()
             for _ in range(self.length):
-                b, c, r = (int(torch.randint(hi, (1,), generator=self.generator)) for hi in
+                b, c, r = (int(torch.randint(hi, (1,), generator=generator)) for hi in
                            (len(self.blocks), span + 1, span + 1))
                 yield self._window(self.blocks[b], c, r)
         else:
@@ -321,8 +323,9 @@ class LabelledRasterDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         if sampler is None and self.options["tiles"] is None:
             raise GeoExploraError(f"the {split} split is empty (split_fractions {self.options['split_fractions']})")
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          shuffle=split == "train" and sampler is None)
+        if sampler is None and split == "train":
+            sampler = SeededShuffleSampler(len(dataset), self.options["seed"])
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
 
 from geoexplora.data import (
     BandStatistics,
@@ -28,6 +27,7 @@ from geoexplora.data import (
     random_sampler,
     stack_samples,
 )
+from geoexplora.data.resumable import ResumableDataLoader
 from geoexplora.data.stats import NormalizationMode
 from geoexplora.data.temporal import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN
 from geoexplora.errors import GeoExploraError
@@ -143,10 +143,11 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         samples = [self.dataset[query] for query in random_sampler(self.dataset, self.window_size, count, seed)]
         return stack_samples(samples)
 
-    def train_dataloader(self) -> DataLoader:
-        """``windows_per_epoch`` seeded random windows per epoch, collated with TorchGeo's ``stack_samples``."""
+    def train_dataloader(self) -> ResumableDataLoader:
+        """``windows_per_epoch`` seeded random windows per epoch, collated with TorchGeo's ``stack_samples``;
+        its position is saved in ``last.ckpt``, so a resumed run continues with the next batch."""
         sampler = random_sampler(self.dataset, self.window_size, self.windows_per_epoch, self.seed)
-        return DataLoader(
+        return ResumableDataLoader(
             self.dataset,
             sampler=sampler,
             batch_size=self.batch_size,

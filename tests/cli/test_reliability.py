@@ -200,3 +200,24 @@ def test_finetune_resumes_its_own_last_checkpoint_and_overwrite_starts_afresh(ti
     assert torch.load(run / "lightning" / "last.ckpt", weights_only=True)["global_step"] == 2, names
     assert main([*argv, "--trainer.max_steps", "1", "--overwrite"]) == 0
     assert torch.load(run / "lightning" / "last.ckpt", weights_only=True)["global_step"] == 1
+
+
+@pytest.mark.parametrize("command", ["pretrain", "stats"])
+def test_run_folder_and_statistics_file_have_one_writer(tiny, tmp_path, capsys, command):
+    # A running process holds the lock: the second writer gets one line naming it and leaves the lock alone.
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        out = tmp_path / ("run" if command == "pretrain" else "stats.json")
+        (tmp_path / f"{out.name}.lock").write_text(f"{holder.pid}\n")
+        argv = {"pretrain": ["pretrain", "--config", str(REPO / "recipes" / "tiny-pretrain-dinov2.yaml"),
+                             "--data.paths", f"[{tiny['scene']}]", "--out", str(out)],
+                "stats": ["stats", "--raster", str(tiny["scene"]), "--out", str(out)]}[command]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"process {holder.pid} is writing it" in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and (tmp_path / f"{out.name}.lock").read_text().strip() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(argv[:-2] + ["--out", str(out), *(["--trainer.max_steps", "1"] if command == "pretrain" else [])]) == 0
+    assert out.exists() and not (tmp_path / f"{out.name}.lock").exists()  # the stale lock was taken over, then freed
