@@ -139,7 +139,7 @@ def embeddings_map(
     shown = windows[[c for c in windows.columns if c in _COLUMNS] + [windows.geometry.name]].to_crs(4326)
     west, south, east, north = shown.total_bounds
     bounds = [[south, west], [north, east]]
-    m = OfflineMap(control_scale=True)
+    m = OfflineMap(control_scale=True, zoom_snap=0.25)  # fit_bounds fills the view, not the next whole zoom
     if scene is not None:
         rgba, scene_bounds = scene_overlay(scene, bands)
         folium.raster_layers.ImageOverlay(rgba, bounds=scene_bounds, name="scene").add_to(m)
