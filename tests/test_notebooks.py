@@ -16,6 +16,8 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
+from shared_paths import SHARED_DATA  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 
@@ -76,11 +78,17 @@ def test_02_explore_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nb = execute("02_explore_embeddings.ipynb", tmp_path, monkeypatch)
     work = tmp_path / "embeddings-output"
     embeddings = gpd.read_parquet(work / "embeddings.parquet")
-    assert len(embeddings) == 36 and embeddings.crs.to_epsg() == 32633
+    if (SHARED_DATA / "landsat7_nc").is_dir():  # the real scene by default: 489 x 443 px in 16-px windows
+        assert "scene: the real Landsat 7 North Carolina scene" in outputs_text(nb)
+        assert 700 < len(embeddings) <= 31 * 28 and "landsat_multiband" in embeddings["source"].iloc[0]
+    else:  # the demo's cache when this machine ran geoexplora demo, else the synthetic 96 x 96 scene
+        text = outputs_text(nb)
+        assert "scene: the real Landsat 7" in text or ("scene: a synthetic scene" in text and len(embeddings) == 36)
     for path in ("embeddings.tif", "embeddings.preview.png", "map.html"):
         assert (work / path).is_file(), path
     html = (work / "map.html").read_text()
-    assert "data:image/png;base64" in html and "openstreetmap" not in html.lower()  # scene overlay, no tiles
+    assert "data:image/png;base64" in html and "Leaflet 1.9.4" in html  # scene overlay, Leaflet inlined
+    assert "https://cdn" not in html and "openstreetmap" not in html.lower()  # no CDN, no tiles
     assert output_kinds(nb).count("image/png") >= 3 and "text/html" in output_kinds(nb)  # plots, folium map
 
 
