@@ -41,6 +41,15 @@ def outputs_text(nb: nbformat.NotebookNode) -> str:
                      for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
 
 
+def assert_scene_source(nb: nbformat.NotebookNode) -> bool:
+    """The notebook said which scene it used: the real Landsat sample when ``../shared`` has it, else the demo's
+    cache or the synthetic fallback. True when it used the real scene."""
+    text = outputs_text(nb)
+    real = "scene: the real Landsat 7 North Carolina scene" in text
+    assert real if (SHARED_DATA / "landsat7_nc").is_dir() else real or "scene: a synthetic scene" in text
+    return real
+
+
 def output_kinds(nb: nbformat.NotebookNode) -> list[str]:
     return [kind for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs for kind in o.get("data", {})]
 
@@ -63,6 +72,7 @@ def test_kernel_is_this_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_01_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nb = execute("01_quickstart.ipynb", tmp_path, monkeypatch)
+    assert_scene_source(nb)
     work = tmp_path / "quickstart-output"
     for path in ("pretrain/checkpoint/model.safetensors", "finetune/checkpoint/config.json",
                  "landcover-predicted.tif", "landcover-predicted.preview.png", "evaluate/metrics.json"):
@@ -78,12 +88,10 @@ def test_02_explore_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nb = execute("02_explore_embeddings.ipynb", tmp_path, monkeypatch)
     work = tmp_path / "embeddings-output"
     embeddings = gpd.read_parquet(work / "embeddings.parquet")
-    if (SHARED_DATA / "landsat7_nc").is_dir():  # the real scene by default: 489 x 443 px in 16-px windows
-        assert "scene: the real Landsat 7 North Carolina scene" in outputs_text(nb)
+    if assert_scene_source(nb):  # 489 x 443 px in 16-px windows, less the all-nodata ones
         assert 700 < len(embeddings) <= 31 * 28 and "landsat_multiband" in embeddings["source"].iloc[0]
-    else:  # the demo's cache when this machine ran geoexplora demo, else the synthetic 96 x 96 scene
-        text = outputs_text(nb)
-        assert "scene: the real Landsat 7" in text or ("scene: a synthetic scene" in text and len(embeddings) == 36)
+    else:  # the synthetic 96 x 96 scene
+        assert len(embeddings) == 36
     for path in ("embeddings.tif", "embeddings.preview.png", "map.html"):
         assert (work / path).is_file(), path
     html = (work / "map.html").read_text()
@@ -94,6 +102,7 @@ def test_02_explore_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_03_compare_strategies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nb = execute("03_compare_strategies.ipynb", tmp_path, monkeypatch)
+    assert_scene_source(nb)
     work = tmp_path / "strategies-output"
     results = json.loads((work / "results.json").read_text())
     assert [r["strategy"] for r in results] == ["linear", "lora", "explora -> lora"]
