@@ -12,6 +12,7 @@ shows (folium's iframe) and what ``Map.save`` writes. Needs folium: ``pip instal
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject, tr
 from geoexplora.errors import GeoExploraError
 
 WEB_MERCATOR = "EPSG:3857"
+_COLUMNS = ("color", "pc1", "pc2", "pc3", "cluster", "similarity")  # the result columns embeddings_map keeps
 _ASSETS = files("geoexplora") / "explore_assets"
 
 
+@cache
 def _asset(name: str, tag: str) -> str:
     """The vendored file ``name`` wrapped in ``<tag>``; refuses a text that would close the tag early."""
     text = (_ASSETS / name).read_text(encoding="utf-8")
@@ -53,10 +56,10 @@ class OfflineMap(folium.Map):
     default_js: list[tuple[str, str]] = []
     default_css: list[tuple[str, str]] = []
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, location: Sequence[float] | None = None, **kwargs: object) -> None:
         if kwargs.setdefault("tiles", None) is not None:
             raise GeoExploraError("an offline map has no web tiles: leave tiles unset")
-        super().__init__(**kwargs)
+        super().__init__(location, **kwargs)
 
     def render(self, **kwargs: object) -> None:
         header = self.get_root().header
@@ -160,9 +163,6 @@ def embeddings_map(
     folium.LayerControl(collapsed=False).add_to(m)
     m.fit_bounds(bounds)
     return m
-
-
-_COLUMNS = ("color", "pc1", "pc2", "pc3", "cluster", "similarity")
 
 
 def _styled_layers(windows: gpd.GeoDataFrame) -> list[tuple[str, list[str], list[str]]]:
