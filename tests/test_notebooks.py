@@ -16,7 +16,10 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
+from explore.map_checks import BLANK_VARIANCE, VIEWPORT, map_variance  # noqa: E402
 from shared_paths import SHARED_DATA  # noqa: E402
+
+from geoexplora.explore_screenshot import find_chromium, screenshot  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -97,6 +100,9 @@ def test_02_explore_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     html = (work / "map.html").read_text()
     assert "data:image/png;base64" in html and "Leaflet 1.9.4" in html  # scene overlay, Leaflet inlined
     assert "https://cdn" not in html and "openstreetmap" not in html.lower()  # no CDN, no tiles
+    if find_chromium():  # the notebook's own map, drawn by a browser with no network
+        shot = screenshot(work / "map.html", tmp_path / "map.png", size=VIEWPORT)
+        assert map_variance(shot) > BLANK_VARIANCE, "notebook 02's map is blank offline"
     assert output_kinds(nb).count("image/png") >= 3 and "text/html" in output_kinds(nb)  # plots, folium map
 
 

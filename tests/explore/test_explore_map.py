@@ -1,16 +1,12 @@
 """The offline embeddings map: self-contained HTML, the scene overlay, and a real offline browser drawing it.
 
 The browser test opens the exported page in headless Chromium with every host name unresolvable and
-measures the grey-level variance of the screenshot's map area (rows ``MAP_ROWS`` of an 800 x 600
-viewport: below the zoom and layer controls, above the scale bar and attribution). Measured here
-(Chromium 156, Debian 12): an empty page 0.0, the same windows in a stock ``folium.Map`` (CDN links, so
-``L is not defined`` offline) 0.0, Leaflet loaded with no layer drawn 0.0; the offline map below 1,730
-(1,031 without the scene underneath). ``BLANK_VARIANCE`` sits far from both sides.
+compares the grey-level variance of the screenshot's map area with ``BLANK_VARIANCE`` (tests/explore/
+map_checks.py: the threshold and the figures measured for blank and drawn pages); a stock folium map of
+the same windows is the control that must come out blank.
 """
-
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 
 import folium
@@ -19,7 +15,6 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from PIL import Image
 from rasterio.warp import transform_bounds
 
 from geoexplora.errors import GeoExploraError
@@ -27,9 +22,7 @@ from geoexplora.explore import kmeans, nearest, pca_colors
 from geoexplora.explore_map import OfflineMap, embeddings_map, scene_overlay
 from geoexplora.explore_screenshot import find_chromium, screenshot
 
-VIEWPORT = (800, 600)
-MAP_ROWS = slice(140, 540)
-BLANK_VARIANCE = 100.0  # grey levels squared (a standard deviation of 10 levels out of 255)
+from map_checks import BLANK_VARIANCE, VIEWPORT, fetched_urls, map_variance
 
 
 @pytest.fixture
@@ -45,40 +38,6 @@ def windows(rgb_geotiff: Path) -> gpd.GeoDataFrame:
     vectors = (5 * np.eye(8)[np.arange(16) % 3] + 0.2 * rng.standard_normal((16, 8))).astype(np.float32)
     gdf = gpd.GeoDataFrame({"embedding": list(vectors)}, geometry=boxes, crs=crs)
     return pca_colors(gdf).join(kmeans(gdf, 3)["cluster"]).join(nearest(gdf, 5, k=16)["similarity"])
-
-
-class _Resources(HTMLParser):
-    """Every URL an HTML page would fetch by itself: script/img/iframe src, link href, CSS url(...)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-        self._style = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        wanted = {"script": "src", "img": "src", "iframe": "src", "link": "href"}.get(tag)
-        self.urls += [value for name, value in attrs if name == wanted and value]
-        self._style = tag == "style"
-
-    def handle_endtag(self, tag: str) -> None:
-        self._style = False
-
-    def handle_data(self, data: str) -> None:
-        if self._style:
-            self.urls += [u.strip("'\" ") for u in data.split("url(")[1:] for u in [u.split(")")[0]]]
-
-
-def fetched_urls(html: str) -> list[str]:
-    parser = _Resources()
-    parser.feed(html)
-    return parser.urls
-
-
-def map_variance(png: Path) -> float:
-    """Grey-level variance (0..255 levels, squared) over the map area of a ``VIEWPORT`` screenshot."""
-    grey = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
-    assert grey.shape == (VIEWPORT[1], VIEWPORT[0])
-    return float(grey[MAP_ROWS].var())
 
 
 def test_html_is_self_contained(windows: gpd.GeoDataFrame, rgb_geotiff: Path, tmp_path: Path) -> None:
