@@ -20,6 +20,7 @@ import folium
 import geopandas as gpd
 import numpy as np
 import rasterio
+import rasterio.errors
 import shapely
 from branca.element import Element
 from matplotlib import colormaps
@@ -85,7 +86,11 @@ def scene_overlay(path: str | Path, bands: Sequence[int] = (1, 2, 3)) -> tuple[n
     """
     if len(bands) != 3:
         raise GeoExploraError(f"bands {tuple(bands)}: give three, red, green and blue")
-    with rasterio.open(path) as src:
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as error:
+        raise GeoExploraError(f"{path}: cannot be read as a raster ({str(error).splitlines()[0]})") from None
+    with src:
         if src.crs is None:
             raise GeoExploraError(f"{path}: has no CRS, so it cannot be placed on a map")
         if not all(1 <= b <= src.count for b in bands):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fake_rasters
 import folium
 import geopandas as gpd
 import numpy as np
@@ -76,7 +77,7 @@ def test_scene_overlay_covers_the_scene_in_web_mercator(rgb_geotiff: Path, tmp_p
     assert alpha[:, : alpha.shape[1] // 2 - 2].max() == 0 and alpha[:, alpha.shape[1] // 2 + 2 :].min() == 255
 
 
-def test_bad_input_is_one_clear_error(windows: gpd.GeoDataFrame, rgb_geotiff: Path) -> None:
+def test_bad_input_is_one_clear_error(windows: gpd.GeoDataFrame, rgb_geotiff: Path, tmp_path: Path) -> None:
     with pytest.raises(GeoExploraError, match="nothing to map"):
         embeddings_map(windows[["geometry"]])
     with pytest.raises(GeoExploraError, match="no rows"):
@@ -85,6 +86,12 @@ def test_bad_input_is_one_clear_error(windows: gpd.GeoDataFrame, rgb_geotiff: Pa
         scene_overlay(rgb_geotiff, bands=(1, 2, 4))
     with pytest.raises(GeoExploraError, match="give three"):
         scene_overlay(rgb_geotiff, bands=(1, 2))
+    with pytest.raises(GeoExploraError, match=r"nope\.tif: cannot be read as a raster"):
+        embeddings_map(windows, scene=rgb_geotiff.parent / "nope.tif")
+    with pytest.raises(GeoExploraError, match="has no CRS"):
+        scene_overlay(fake_rasters.write_raster(tmp_path / "nocrs.tif", count=3, crs=None))
+    with pytest.raises(GeoExploraError, match="the windows have no CRS"):
+        embeddings_map(windows.set_crs(None, allow_override=True))
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium on PATH (apt-get install chromium)")
