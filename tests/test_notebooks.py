@@ -100,9 +100,13 @@ def test_02_explore_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     html = (work / "map.html").read_text()
     assert "data:image/png;base64" in html and "Leaflet 1.9.4" in html  # scene overlay, Leaflet inlined
     assert "https://cdn" not in html and "openstreetmap" not in html.lower()  # no CDN, no tiles
-    if find_chromium():  # the notebook's own map, drawn by a browser with no network
-        shot = screenshot(work / "map.html", tmp_path / "map.png", size=VIEWPORT)
-        assert map_variance(shot) > BLANK_VARIANCE, "notebook 02's map is blank offline"
+    if find_chromium():  # the notebook's map as saved and as Jupyter shows it (folium's iframe), no network
+        shown = next(o["data"]["text/html"] for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+                     if "<iframe" in o.get("data", {}).get("text/html", ""))
+        (tmp_path / "shown.html").write_text(f"<!DOCTYPE html><html><body>{shown}</body></html>")
+        for page in (work / "map.html", tmp_path / "shown.html"):
+            shot = screenshot(page, page.with_suffix(".png"), size=VIEWPORT)
+            assert map_variance(shot) > BLANK_VARIANCE, f"notebook 02's {page.name} is blank offline"
     assert output_kinds(nb).count("image/png") >= 3 and "text/html" in output_kinds(nb)  # plots, folium map
 
 
