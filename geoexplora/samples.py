@@ -43,6 +43,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GEOEXPLORA_CACHE", Path.home() / ".cache" / "geoexplora"))
 
 
+def find_landsat_sample(data_dir: Path | None = None, cache_dir: Path | None = None) -> tuple[LandsatSample, str] | None:
+    """The North Carolina sample already on this machine (nothing is fetched), and where it was found.
+
+    Looks in ``data_dir/landsat7_nc`` (a data folder such as ``../shared/data``), then in the demo's cache
+    (``cache_dir`` or :func:`default_cache_dir`); returns ``(sample, "<data_dir>")`` or
+    ``(sample, "the demo's cache <folder>")``, or None when neither holds both files.
+    """
+    places = [] if data_dir is None else [(Path(data_dir) / "landsat7_nc", str(Path(data_dir)))]
+    cache = (cache_dir or default_cache_dir()) / "landsat7_nc"
+    for folder, where in [*places, (cache, f"the demo's cache {cache}")]:
+        sample = LandsatSample(image=folder / _MEMBERS["image"], labels=folder / _MEMBERS["labels"])
+        if sample.image.is_file() and sample.labels.is_file():
+            return sample, where
+    return None
+
+
 def fetch_landsat_sample(cache_dir: Path | None = None) -> LandsatSample:
     """The Landsat 7 North Carolina scene and land-cover map, fetched once and cached.
 

@@ -16,6 +16,11 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
+from explore.map_checks import BLANK_VARIANCE, VIEWPORT, map_variance  # noqa: E402
+from shared_paths import SHARED_DATA  # noqa: E402
+
+from geoexplora.explore_screenshot import find_chromium, screenshot  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 
@@ -37,6 +42,15 @@ def execute(name: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> nbform
 def outputs_text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
                      for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+
+
+def assert_scene_source(nb: nbformat.NotebookNode) -> bool:
+    """The notebook said which scene it used: the real Landsat sample when ``../shared`` has it, else the demo's
+    cache or the synthetic fallback. True when it used the real scene."""
+    text = outputs_text(nb)
+    real = "scene: the real Landsat 7 North Carolina scene" in text
+    assert real if (SHARED_DATA / "landsat7_nc").is_dir() else real or "scene: a synthetic scene" in text
+    return real
 
 
 def output_kinds(nb: nbformat.NotebookNode) -> list[str]:
@@ -61,6 +75,7 @@ def test_kernel_is_this_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_01_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nb = execute("01_quickstart.ipynb", tmp_path, monkeypatch)
+    assert_scene_source(nb)
     work = tmp_path / "quickstart-output"
     for path in ("pretrain/checkpoint/model.safetensors", "finetune/checkpoint/config.json",
                  "landcover-predicted.tif", "landcover-predicted.preview.png", "evaluate/metrics.json"):
@@ -76,16 +91,28 @@ def test_02_explore_embeddings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nb = execute("02_explore_embeddings.ipynb", tmp_path, monkeypatch)
     work = tmp_path / "embeddings-output"
     embeddings = gpd.read_parquet(work / "embeddings.parquet")
-    assert len(embeddings) == 36 and embeddings.crs.to_epsg() == 32633
+    if assert_scene_source(nb):  # 489 x 443 px in 16-px windows, less the all-nodata ones
+        assert 700 < len(embeddings) <= 31 * 28 and "landsat_multiband" in embeddings["source"].iloc[0]
+    else:  # the synthetic 96 x 96 scene
+        assert len(embeddings) == 36
     for path in ("embeddings.tif", "embeddings.preview.png", "map.html"):
         assert (work / path).is_file(), path
     html = (work / "map.html").read_text()
-    assert "data:image/png;base64" in html and "openstreetmap" not in html.lower()  # scene overlay, no tiles
+    assert "data:image/png;base64" in html and "Leaflet 1.9.4" in html  # scene overlay, Leaflet inlined
+    assert "https://cdn" not in html and "openstreetmap" not in html.lower()  # no CDN, no tiles
+    if find_chromium():  # the notebook's map as saved and as Jupyter shows it (folium's iframe), no network
+        shown = next(o["data"]["text/html"] for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+                     if "<iframe" in o.get("data", {}).get("text/html", ""))
+        (tmp_path / "shown.html").write_text(f"<!DOCTYPE html><html><body>{shown}</body></html>")
+        for page in (work / "map.html", tmp_path / "shown.html"):
+            shot = screenshot(page, page.with_suffix(".png"), size=VIEWPORT)
+            assert map_variance(shot) > BLANK_VARIANCE, f"notebook 02's {page.name} is blank offline"
     assert output_kinds(nb).count("image/png") >= 3 and "text/html" in output_kinds(nb)  # plots, folium map
 
 
 def test_03_compare_strategies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nb = execute("03_compare_strategies.ipynb", tmp_path, monkeypatch)
+    assert_scene_source(nb)
     work = tmp_path / "strategies-output"
     results = json.loads((work / "results.json").read_text())
     assert [r["strategy"] for r in results] == ["linear", "lora", "explora -> lora"]
