@@ -136,6 +136,12 @@ KINDS = [
     Kind(49, "pretrain with --threads -2", ("pretrain", "--config", "{recipe}", "--threads", "-2"), ("--threads -2",)),
     Kind(50, "export into an existing folder", ("export", "--checkpoint", "{ckpt}", "--out", "x"),
          ("x", "already exists"), setup=lambda folder, _: (folder / "x").mkdir()),
+    Kind(51, "a renamed flag (--bands)", (*PS, "--out", "o.tif", "--bands", "a,b,c,d"), ("--bands", "--file-bands")),
+    Kind(52, "finetune into a run folder another process writes", ("finetune", "--config", "{recipe}", "--out", "run"),
+         ("run", "is writing it"), setup=_seed("run.lock", f"{os.getpid()}\n".encode())),  # this test's PID: alive
+    Kind(53, "stats --out that another process writes", (*S, "--out", "s.json"), ("s.json", "is writing it"),
+         setup=_seed("s.json.lock", f"{os.getpid()}\n".encode())),
+    Kind(54, "embed --device with a typo", (*E, "--out", "e.parquet", "--device", "cuda1"), ("--device", "'cuda1'")),
 ]
 
 
