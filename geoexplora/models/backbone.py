@@ -249,6 +249,13 @@ def load_source_state_dict(cfg: BackboneConfig) -> dict[str, torch.Tensor] | Non
     return state
 
 
+def is_source(sources: tuple[str, ...], source_sensor: str | None, band_names: tuple[str, ...],
+              sensor: str | None) -> bool:
+    """Whether ``band_names`` (of ``sensor``; None: the source's) are exactly the source's bands, in order."""
+    return (sensor is None or sensor == source_sensor) and tuple(b.lower() for b in band_names) == tuple(
+        b.lower() for b in sources)
+
+
 def carry_band_kernel(weight: torch.Tensor, sources: tuple[str, ...], source_sensor: str | None,
                       band_names: tuple[str, ...], sensor: str | None) -> torch.Tensor:
     """Carry a patch-embedding kernel over named source bands to named bands.
@@ -269,10 +276,10 @@ def carry_band_kernel(weight: torch.Tensor, sources: tuple[str, ...], source_sen
         return carry_rgb_kernel(weight, band_names, sensor)
     if weight.ndim != 4 or weight.shape[1] != len(sources):
         raise GeoExploraError(f"patch-embedding kernel has shape {tuple(weight.shape)}; expected (D, {len(sources)}, p, p)")
+    if is_source(sources, source_sensor, band_names, sensor):
+        return weight.clone()
     same_sensor = sensor is None or sensor == source_sensor
     index = {name.lower(): i for i, name in enumerate(sources)}
-    if same_sensor and tuple(b.lower() for b in band_names) == tuple(index):
-        return weight.clone()
     roles = {role: i for i, b in enumerate(sources) if (role := rgb_role(b, source_sensor))}
     rgb = [weight[:, roles[r]] for r in RGB_ROLES if r in roles] or list(weight.unbind(1))
     mean = torch.stack(rgb).mean(dim=0)
@@ -296,6 +303,7 @@ def _load_band_kernels(embed: torch.nn.Module, weight: torch.Tensor, bias: torch
     for module in embed.modules():
         if isinstance(module, SpectralPatchEmbed):
             module.proj.weight.copy_(carry_band_kernel(weight, sources, source_sensor, module.band_names, module.sensor))
+            module.source_match = is_source(sources, source_sensor, module.band_names, module.sensor)
             if bias is not None and module.proj.bias is not None:
                 module.proj.bias.copy_(bias)
     if positions is not None:

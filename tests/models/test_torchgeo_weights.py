@@ -131,6 +131,14 @@ def test_backbone_on_new_sensor_carries_kernel_by_band(download):
     torch.testing.assert_close(backbone.blocks[5].attn.qkv.weight, reference.blocks[5].attn.qkv.weight)
 
 
+def test_explora_trains_patch_embed_only_when_bands_differ_from_source(download):
+    download(reference_model(S2_DINO).state_dict())
+    explora = create_strategy("explora", lora_rank=4)
+    own = explora.apply(create_backbone(BackboneConfig(weights=S2_DINO, bands=list(SENTINEL2.band_names), img_size=32)))
+    other = explora.apply(create_backbone(BackboneConfig(weights=S2_DINO, bands=["B04", "B08"], img_size=32)))
+    assert not own.patch_embed.proj.weight.requires_grad and other.patch_embed.proj.weight.requires_grad
+
+
 def test_unknown_names_list_close_matches():
     with pytest.raises(GeoExploraError, match=r"close names: ViTSmall16_Weights\.SENTINEL2_ALL_DINO"):
         BackboneConfig(weights="torchgeo:ViTSmal16_Weights.SENTINEL2_ALL_DINO")
