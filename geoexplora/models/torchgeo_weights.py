@@ -29,9 +29,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "torchgeo:"
 VIT_MODULE = "torchgeo.models.vit"
-# Keys TorchGeo itself lets a checkpoint lack (torchgeo.models.vit.KEYS): the classifier, and the final norm
-# of encoders exported without it (MAE encoders). The backbone has no classifier; a missing final norm is
-# the identity LayerNorm (weight 1, bias 0), which is what timm's init gives TorchGeo's own model.
+# Keys TorchGeo itself lets a checkpoint lack or add (torchgeo.models.vit.KEYS): the classifier and the final
+# norm. The backbone has no classifier; a missing final norm is the identity LayerNorm (weight 1, bias 0),
+# which is what timm's init gives TorchGeo's own model, loaded with strict=False.
 OPTIONAL_NORM = ("norm.weight", "norm.bias")
 # The band table of each member, by the member's name prefix (Sentinel-1 SAR has none: names kept as given).
 SENSOR_PREFIXES = (("SENTINEL2_", "sentinel2"), ("LANDSAT_TM_", "landsat7"), ("LANDSAT_ETM_", "landsat7"),

@@ -21,6 +21,7 @@ from geoexplora.errors import GeoExploraError
 from geoexplora.models import load_model
 from geoexplora.models.backbone import BackboneConfig, carry_band_kernel, create_backbone
 from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig, read_checkpoint, save_checkpoint
+from geoexplora.models.export import export_checkpoint
 from geoexplora.models.strategies import create_strategy
 from geoexplora.models.torchgeo_weights import resolve
 
@@ -88,7 +89,7 @@ def test_strict_load_computes_torchgeo_model(spec, download):
 def test_missing_final_norm_is_identity_other_differences_refused(download):
     reference = reference_model(S2_MAE)
     state = reference.state_dict()
-    del state["norm.weight"], state["norm.bias"]  # TorchGeo allows MAE encoders without it
+    del state["norm.weight"], state["norm.bias"]  # TorchGeo's loader allows a checkpoint without it
     download({**state, "head.weight": torch.zeros(10, 384), "head.bias": torch.zeros(10)})
     backbone = create_backbone(BackboneConfig(weights=S2_MAE, bands=list(SENTINEL2.band_names), sensor="sentinel2"))
     assert torch.equal(backbone.norm.weight, torch.ones(384)) and torch.equal(backbone.norm.bias, torch.zeros(384))
@@ -197,6 +198,12 @@ def test_loading_torchgeo_checkpoint_downloads_only_when_allowed(tmp_path, downl
     x = torch.randn(1, 6, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "exported", allow_download=True)
+    fake.calls.clear()
+    exported = load_model(tmp_path / "exported")  # self-contained: no permission, no download
+    assert fake.calls == [] and exported.preprocessing.source.weights == S2_DINO
+    with torch.no_grad():
+        torch.testing.assert_close(exported.model(x), model(x), rtol=0, atol=1e-5)
 
 
 def test_cli_pretrain_from_torchgeo_weights(tmp_path, download, monkeypatch):
