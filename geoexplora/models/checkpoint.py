@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from geoexplora.data.stats import BandStat, BandStatistics, Normalizer
+from geoexplora.data.stats import BandStatistics, Normalizer
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.backbone import BackboneConfig
 from geoexplora.models.lineage import (
@@ -48,7 +48,7 @@ from geoexplora.models.lineage import (
     relative_path,
 )
 from geoexplora.models.strategies import StrategyConfig, strategy_from_dict
-from geoexplora.models.torchgeo_weights import is_torchgeo, resolve
+from geoexplora.models.torchgeo_weights import SourceNormalization, is_torchgeo
 
 FORMAT_VERSION = 2
 TASK_KINDS = ("pretrain", "classification", "multilabel", "segmentation")
@@ -103,49 +103,6 @@ def make_classes(
         raise GeoExploraError(f"class values {values} must be {len(names)} distinct non-negative integers")
     rgb = [parse_color(c) for c in colors] if colors is not None else [PALETTE[i % len(PALETTE)] for i in range(len(names))]
     return tuple(ClassInfo(v, str(n), c) for v, n, c in zip(values, names, rgb, strict=True))
-
-
-@dataclass(frozen=True)
-class SourceNormalization:
-    """The input the start model (TorchGeo EO weights) was trained on: ``(x - mean) / std`` per band.
-
-    Attributes:
-        weights: ``torchgeo:<Enum>.<MEMBER>``.
-        sensor: geoexplora sensor table of ``bands``, or None (Sentinel-1).
-        bands: its bands in geoexplora's names, in its channel order.
-        mean, std: per band, in raster units (TorchGeo's ``Normalize`` transforms).
-    """
-
-    weights: str
-    sensor: str | None
-    bands: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def of(cls, weights: str) -> SourceNormalization:
-        """The TorchGeo member's bands and normalisation (its ``meta`` and ``transforms``; no download)."""
-        source = resolve(weights)
-        return cls(weights, source.sensor, source.bands, source.mean, source.std)
-
-    def statistics(self, bands: Sequence[str]) -> BandStatistics | None:
-        """Statistics for ``standardize`` over ``bands`` (percentiles unknown: NaN), None unless all are source
-        bands."""
-        index = {b.lower(): i for i, b in enumerate(self.bands)}
-        if not all(b.lower() in index for b in bands):
-            return None
-        nan = float("nan")
-        return BandStatistics({b: BandStat(self.mean[index[b.lower()]], self.std[index[b.lower()]], nan, nan)
-                               for b in bands})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "sensor": self.sensor, "bands": list(self.bands),
-                "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SourceNormalization:
-        return cls(str(data["weights"]), data["sensor"], tuple(data["bands"]),
-                   tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Each member's ``meta`` names the timm architecture (``model``), the input channe
 their bands (``bands``); its ``transforms`` hold the normalisation the model was trained with.
 
 :func:`resolve` reads a member into a :class:`TorchGeoSource` (no network: meta only);
+:class:`SourceNormalization` is what a checkpoint records of it;
 :func:`download_state_dict` fetches the tensors with TorchGeo's own ``get_state_dict`` (torch hub cache,
 ``$TORCH_HOME/hub/checkpoints``), and :func:`fit_state_dict` puts them in the keys timm's model has.
 """
@@ -17,14 +18,17 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from geoexplora.bands import from_torchgeo_name
 from geoexplora.errors import GeoExploraError
 
+if TYPE_CHECKING:
+    from geoexplora.data.stats import BandStatistics
 logger = logging.getLogger(__name__)
 
 PREFIX = "torchgeo:"
@@ -139,6 +143,51 @@ def resolve(spec: str) -> TorchGeoSource:
     mean, std = _normalisation(weights.transforms, len(bands))
     return TorchGeoSource(spec, meta["model"], int(meta["in_chans"]), sensor, bands, mean, std,
                           meta.get("ssl_method"), weights.url)
+
+
+@dataclass(frozen=True)
+class SourceNormalization:
+    """The input the start model (TorchGeo EO weights) was trained on: ``(x - mean) / std`` per band.
+
+    Attributes:
+        weights: ``torchgeo:<Enum>.<MEMBER>``.
+        sensor: geoexplora sensor table of ``bands``, or None (Sentinel-1).
+        bands: its bands in geoexplora's names, in its channel order.
+        mean, std: per band, in raster units (TorchGeo's ``Normalize`` transforms).
+    """
+
+    weights: str
+    sensor: str | None
+    bands: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, weights: str) -> SourceNormalization:
+        """The TorchGeo member's bands and normalisation (its ``meta`` and ``transforms``; no download)."""
+        source = resolve(weights)
+        return cls(weights, source.sensor, source.bands, source.mean, source.std)
+
+    def statistics(self, bands: Sequence[str]) -> BandStatistics | None:
+        """Statistics for ``standardize`` over ``bands`` (percentiles unknown: NaN), None unless all are source
+        bands."""
+        from geoexplora.data.stats import BandStat, BandStatistics  # the data layer, only when normalising
+
+        index = {b.lower(): i for i, b in enumerate(self.bands)}
+        if not all(b.lower() in index for b in bands):
+            return None
+        nan = float("nan")
+        return BandStatistics({b: BandStat(self.mean[index[b.lower()]], self.std[index[b.lower()]], nan, nan)
+                               for b in bands})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "sensor": self.sensor, "bands": list(self.bands),
+                "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SourceNormalization:
+        return cls(str(data["weights"]), data["sensor"], tuple(data["bands"]),
+                   tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
 
 
 def download_state_dict(spec: str) -> dict[str, torch.Tensor]:
