@@ -133,3 +133,20 @@ def rgb_role(band: str, sensor: str | None = None) -> str | None:
 def default_band_names(count: int) -> tuple[str, ...]:
     """``B1..Bn``: the names of bands a file does not describe."""
     return tuple(f"B{i}" for i in range(1, count + 1))
+
+
+def from_torchgeo_name(name: str, sensor: str | None) -> str:
+    """A band name as TorchGeo's weights spell it (``meta["bands"]``) in geoexplora's names for ``sensor``.
+
+    TorchGeo writes Sentinel-2 bands ``B1``..``B12`` and ``B8a`` (geoexplora: ``B01``..``B12``, ``B8A``) and
+    Landsat surface-reflectance bands ``SR_B4`` (geoexplora: ``B4``). Names geoexplora's tables do not hold
+    (Landsat thermal ``B6_VCID_1``, panchromatic ``B8``, Sentinel-1 ``VV``) are kept as TorchGeo spells them.
+    """
+    if sensor is None:
+        return name
+    plain = name.removeprefix("SR_")
+    if sensor == SENTINEL2.name and plain[:1].upper() == "B" and plain[1:2].isdigit():
+        digits, suffix = plain[1:].rstrip("aA"), plain[1:].lstrip("0123456789").upper()
+        plain = f"B{int(digits)}{suffix}" if suffix else f"B{int(digits):02d}"
+    known = {b.lower(): b for b in get_sensor(sensor).band_names}
+    return known.get(plain.lower(), name)

@@ -98,4 +98,4 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
                         help="where to look for the checkpoint's source weights and parent checkpoint after its "
                              "own folder and the working directory (repeatable; also $GEOEXPLORA_WEIGHTS)")
     parser.add_argument("--allow-download", action="store_true",
-                        help="let a checkpoint over timm's pretrained weights download them")
+                        help="let a checkpoint over timm's or TorchGeo's pretrained weights download them")

@@ -115,18 +115,23 @@ def check_writable_folder(folder: Path, what: str) -> None:
 
 
 def _check_inputs(argv: Sequence[str], recipes: list[dict[str, Any]]) -> None:
-    """What the data and the weights need that a look at the files tells: labels over the image, and timm's
-    pretrained weights in the cache or the Hub in reach."""
+    """What the data and the weights need that a look at the files tells: labels over the image, timm's
+    pretrained weights in the cache or the Hub in reach, and TorchGeo weights that exist."""
     image, mask = _setting(argv, recipes, "data.image"), _setting(argv, recipes, "data.mask")
     if image and mask and Path(image).is_file() and Path(mask).is_file():
         from geoexplora.data.raster import check_overlap, inspect_raster
 
         inspect_raster(Path(image)), inspect_raster(Path(mask))
         check_overlap(Path(image), Path(mask))
-    if _setting(argv, recipes, "model.backbone.weights") == "timm":
+    weights = _setting(argv, recipes, "model.backbone.weights")
+    if weights == "timm":
         from geoexplora.models.hub import check_timm_weights
 
         check_timm_weights(str(_setting(argv, recipes, "model.backbone.model")))
+    from geoexplora.models.torchgeo_weights import is_torchgeo, resolve
+
+    if is_torchgeo(weights):
+        resolve(str(weights))  # an unknown enum or member: one line with close names, before anything is built
 
 
 def launched_rank() -> int:

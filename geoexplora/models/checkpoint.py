@@ -9,7 +9,8 @@
     strategy            StrategyConfig.to_dict()
     task                kind (pretrain, classification, multilabel, segmentation), head options,
                         ignore_index, pre-training objective and steps
-    preprocessing       file and model band names, per-band statistics, normalisation mode, window size
+    preprocessing       file and model band names, per-band statistics, normalisation mode, window size,
+                        and for TorchGeo start weights their own bands and mean/std (``source``)
     classes             [{value (label value in the source raster), name, color [r, g, b]}]
     lineage             source_weights {path, sha256, size}, parent {path, sha256 of its model.safetensors},
                         stored ("trained" or "full")
@@ -47,6 +48,7 @@ from geoexplora.models.lineage import (
     relative_path,
 )
 from geoexplora.models.strategies import StrategyConfig, strategy_from_dict
+from geoexplora.models.torchgeo_weights import SourceNormalization, is_torchgeo
 
 FORMAT_VERSION = 2
 TASK_KINDS = ("pretrain", "classification", "multilabel", "segmentation")
@@ -114,6 +116,7 @@ class Preprocessing:
         window_size: side in pixels of the windows the model was trained on.
         file_bands: names of all the training file's bands, in file order, when they were given
             (used for files without band descriptions that have as many bands).
+        source: the TorchGeo start weights' bands and normalisation, when the backbone started from them.
     """
 
     model_bands: tuple[str, ...]
@@ -121,15 +124,21 @@ class Preprocessing:
     normalization: str = "standardize"
     window_size: int = 224
     file_bands: tuple[str, ...] | None = None
+    source: SourceNormalization | None = None
 
     def normalizer(self) -> Normalizer:
         """The one normaliser of this model: (..., C, H, W) in raster units -> model input.
 
-        It is an ``nn.Module``; move it with the model (``.to(device)``) so it runs where the batch is.
+        Without recorded statistics, a model over its TorchGeo start weights' own bands is normalised as
+        those weights were trained (``source``, ``standardize``). It is an ``nn.Module``; move it with the
+        model (``.to(device)``) so it runs where the batch is.
         """
-        if self.statistics is None:
+        statistics = self.statistics
+        if statistics is None and self.source is not None and self.normalization == "standardize":
+            statistics = self.source.statistics(self.model_bands)
+        if statistics is None:
             raise GeoExploraError("the checkpoint records no band statistics; compute them with geoexplora stats")
-        return Normalizer(self.statistics, self.model_bands, self.normalization)
+        return Normalizer(statistics, self.model_bands, self.normalization)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +147,7 @@ class Preprocessing:
             "statistics": None if self.statistics is None else self.statistics.to_dict(),
             "normalization": self.normalization,
             "window_size": self.window_size,
+            "source": None if self.source is None else self.source.to_dict(),
         }
 
     @classmethod
@@ -145,7 +155,8 @@ class Preprocessing:
         stats = data["statistics"]
         return cls(tuple(data["model_bands"]), None if stats is None else BandStatistics.from_dict(stats),
                    str(data["normalization"]), int(data["window_size"]),
-                   None if data.get("file_bands") is None else tuple(data["file_bands"]))
+                   None if data.get("file_bands") is None else tuple(data["file_bands"]),
+                   None if data.get("source") is None else SourceNormalization.from_dict(data["source"]))
 
 
 @dataclass(frozen=True)
@@ -227,7 +238,8 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: CheckpointC
         directory: created if needed; files are written under temporary names and renamed when complete.
         model: the module the config describes: the adapted backbone (``pretrain``) or backbone + head.
         config: its sections; lineage paths may be absolute (they are written relative to ``directory``);
-            a local ``backbone.weights`` file is hashed into ``lineage.source_weights`` when that is unset.
+            a local ``backbone.weights`` file is hashed into ``lineage.source_weights`` when that is unset;
+            TorchGeo weights' bands and normalisation go into ``preprocessing.source`` when that is unset.
         full: store every tensor (an exported, self-contained checkpoint). Every tensor is stored anyway
             when the base is a random initialisation with no parent: nothing else could rebuild it.
     """
@@ -238,8 +250,11 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: CheckpointC
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lineage = config.lineage
-    if lineage.source_weights is None and config.backbone.weights not in (None, "timm"):
+    if lineage.source_weights is None and config.backbone.weights_file is not None:
         lineage = replace(lineage, source_weights=make_lineage(config.backbone).source_weights)
+    if config.preprocessing.source is None and is_torchgeo(config.backbone.weights):
+        config = replace(config, preprocessing=replace(config.preprocessing,
+                                                       source=SourceNormalization.of(config.backbone.weights)))
     random_base = config.backbone.weights is None and lineage.parent is None
     stored: Stored = "full" if full or random_base else "trained"
 
@@ -337,7 +352,7 @@ def _from_format1(data: Mapping[str, Any]) -> CheckpointConfig:
         preprocessing=Preprocessing(tuple(backbone.bands), None if stats is None else BandStatistics.from_dict(stats),
                                     extra.get("normalization") or "standardize", backbone.img_size),
         classes=make_classes(extra["classes"]) if extra.get("classes") else (),
-        lineage=Lineage(None if weights in (None, "timm") else FileRef(weights),
+        lineage=Lineage(None if backbone.weights_file is None else FileRef(weights),
                         None if parent is None else FileRef(str(parent))),
         format_version=1,
     )

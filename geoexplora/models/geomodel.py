@@ -97,9 +97,9 @@ def _base(directory: Path, config: CheckpointConfig, search: list[Path], allow_d
     backbone = source_backbone(directory, config, search)
     if lineage.source_weights is not None:
         return create_backbone(backbone)
-    if backbone.weights == "timm" and not allow_download:
-        raise GeoExploraError(f"{directory / 'config.json'}: the base is timm's pretrained {backbone.model}, which "
-                              "may need a download; pass --allow-download, or load an exported copy")
+    if backbone.downloads and not allow_download:
+        raise GeoExploraError(f"{directory / 'config.json'}: the base is {backbone.model} with {backbone.weights} "
+                              "weights, which may need a download; pass --allow-download, or load an exported copy")
     if backbone.weights is None:
         logger.warning("%s: format-1 checkpoint over a random initialisation that it did not store; this load "
                        "is one random draw of its frozen base", directory)

@@ -92,8 +92,8 @@ def make_lineage(backbone: BackboneConfig, parent: str | Path | None = None) -> 
     Paths are absolute here; :func:`save_checkpoint` writes them relative to the checkpoint folder.
     """
     source = None
-    if backbone.weights not in (None, "timm"):
-        path = Path(backbone.weights)
+    if backbone.weights_file is not None:
+        path = Path(backbone.weights_file)
         if not path.is_file():
             raise GeoExploraError(f"{path}: weights file not found")
         source = FileRef(str(path.resolve()), file_sha256(path), path.stat().st_size)

@@ -82,9 +82,16 @@ class SpectralPatchEmbed(PatchEmbed):
         self.band_names = tuple(band_names)
         self.sensor = sensor
 
+    # Set by the backbone when it loads a source over named bands other than RGB (TorchGeo's EO weights):
+    # whether the kernel it carried is the source's own.
+    source_match: bool | None = None
+
     @property
     def matches_source(self) -> bool:
-        """True when the bands are exactly red, green, blue: the carried embedding is the source one."""
+        """True when the carried embedding is the source one: the bands are exactly red, green, blue (or
+        exactly the named source's bands, ``source_match``)."""
+        if self.source_match is not None:
+            return self.source_match
         return band_roles(self.band_names, self.sensor) == RGB_ROLES
 
     @torch.no_grad()
