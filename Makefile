@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PINS := torch==2.14.1 torchvision==0.29.1 torchgeo==0.10.1 timm==1.0.31 peft==0.21.2 \
         lightning==2.6.6 kornia==0.9.0 geopandas==1.2.0 rasterio==1.5.2 onnx==1.23.2 onnxruntime==1.32.0 \
-        pystac==1.15.2 tensorboard==2.21.0 duckdb==2.0.1
+        pystac==1.15.2 tensorboard==2.21.0 shtab==1.13.0 duckdb==2.0.1
 SHARED_WEIGHTS := ../shared/weights/vit_small_patch14_dinov2.safetensors
 DEMO_WEIGHTS ?= $(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),)
 

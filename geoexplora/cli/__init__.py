@@ -19,13 +19,14 @@ import time
 from collections.abc import Sequence
 
 from geoexplora import __version__
-from geoexplora.cli import demo, embed, evaluate, export, info, predict, stats
+from geoexplora.cli import completion, demo, embed, evaluate, export, info, predict, stats
+from geoexplora.cli.options import OneLineErrorParser
 from geoexplora.cli.terminal import add_terminal_options, closing_line, progress_off
 from geoexplora.cli.threads import add_threads_option, parse_threads, passive_wait_policy, pop_threads, set_threads
 from geoexplora.errors import GeoExploraError
 from geoexplora.gdal_env import cloud_gdal_env, names_remote
 
-COMMANDS = (info, stats, evaluate, predict, embed, export, demo)
+COMMANDS = (info, stats, evaluate, predict, embed, export, demo, completion)
 # command -> (module with main(argv), one-line help); parsed by LightningCLI, see cli/lightning_runner.py.
 LIGHTNING_COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("geoexplora.cli.pretrain", "ExPLoRA domain pre-training (DINOv2 or MAE) on unlabelled rasters"),
@@ -34,13 +35,14 @@ LIGHTNING_COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="geoexplora",
         description="Adapt pre-trained vision transformers to satellite and aerial imagery (ExPLoRA).",
     )
     parser.add_argument("--version", action="version", version=f"geoexplora {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       parser_class=OneLineErrorParser)
     for command in COMMANDS:
         command.add_parser(subparsers)
     for sub in subparsers.choices.values():
@@ -89,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 module = importlib.import_module(LIGHTNING_COMMANDS[argv[0]][0])
                 set_threads(count)
                 return module.main(rest)  # prints its own summary (cli/lightning_runner.py)
-            args = build_parser().parse_args(argv)
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as exit_:  # --help (0) or a parse error (2), already printed
+                return int(exit_.code or 0)
             _log_to_stderr(logging.INFO if args.verbose and not args.quiet else logging.WARNING)
             set_threads(parse_threads(args.threads))
             with progress_off(args.quiet or args.no_progress):

@@ -1,7 +1,7 @@
 """``geoexplora embed``: window embeddings of rasters as GeoParquet, optionally a dense PCA GeoTIFF.
 
 The encoder is a checkpoint's backbone (``--checkpoint DIR``, with its band statistics) or a timm model
-by name (``--backbone NAME [--weights PATH] --bands ...``, statistics computed from the rasters).
+by name (``--backbone NAME [--weights PATH] --model-bands ... [--sensor ...]``, statistics computed from the rasters).
 """
 
 from __future__ import annotations
@@ -10,7 +10,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geoexplora.cli.options import add_checkpoint_options
+from geoexplora.cli.options import (
+    add_checkpoint_options,
+    add_device_option,
+    add_file_bands_option,
+    add_model_bands_option,
+    add_sensor_option,
+    add_renamed_bands_flag,
+)
 from geoexplora.errors import GeoExploraError
 
 if TYPE_CHECKING:
@@ -27,15 +34,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone", help="timm ViT name, instead of --checkpoint")
     parser.add_argument("--weights", help="with --backbone: 'timm' or a local .safetensors/.pth file "
                         "(default: random init)")
-    parser.add_argument("--bands", help="with --backbone: comma-separated band names the model reads")
-    parser.add_argument("--band-names", help="comma-separated names of all the files' bands (default: their "
-                        "band descriptions, else B1..Bn)")
+    add_model_bands_option(parser, "with --backbone: the bands the model reads, in order")
+    add_sensor_option(parser)
+    add_renamed_bands_flag(parser, "--model-bands (the model's bands; --file-bands names the file's)")
+    add_file_bands_option(parser)
     parser.add_argument("--out", required=True, type=Path, help="output GeoParquet (.parquet)")
     parser.add_argument("--tile", type=int, default=224, help="window side, pixels (default 224)")
     parser.add_argument("--stride", type=int, help="pixels between window origins (default: the tile)")
     parser.add_argument("--pool", choices=("cls", "mean"), default="cls", help="cls token or mean of patch tokens")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_option(parser)
     parser.add_argument("--dense", type=Path, help="also write per-patch embeddings reduced by PCA to this GeoTIFF")
     parser.add_argument("--pca", type=int, help=f"with --dense: PCA components, bands of the GeoTIFF "
                         f"(default {DEFAULT_PCA})")
@@ -44,45 +52,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [b.strip() for b in text.split(",") if b.strip()] if text else None
-
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
-    """The checkpoint's encoder, or the named timm backbone over ``--bands``."""
+    """The checkpoint's encoder, or the named timm backbone over ``--model-bands``."""
     from geoexplora.inference.embed import build_encoder, load_encoder
 
     if (args.checkpoint is None) == (args.backbone is None):
-        raise GeoExploraError("give either --checkpoint DIR or --backbone NAME --bands B1,B2,...")
+        raise GeoExploraError("give either --checkpoint DIR or --backbone NAME --model-bands B1,B2,...")
     if args.checkpoint is not None:
-        if args.weights or args.bands:
-            raise GeoExploraError(f"{args.checkpoint}: --weights and --bands go with --backbone; "
+        if args.weights or args.model_bands or args.sensor:
+            raise GeoExploraError(f"{args.checkpoint}: --weights, --model-bands and --sensor go with --backbone; "
                                   "a checkpoint names its own")
         return load_encoder(args.checkpoint, weights_dir=args.weights_dir, allow_download=args.allow_download)
-    bands = _names(args.bands)
-    if not bands:
-        raise GeoExploraError(f"--backbone {args.backbone}: needs --bands, the band names it reads")
-    return build_encoder(args.backbone, bands, args.weights)
+    if not args.model_bands:
+        raise GeoExploraError(f"--backbone {args.backbone}: needs --model-bands, the band names it reads")
+    return build_encoder(args.backbone, args.model_bands, args.weights, sensor=args.sensor)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from geoexplora.inference.embed import embed_rasters
+    from geoexplora.inference.model_predict import resolve_device
     from geoexplora.inference.predict import check_output
     from geoexplora.outputs import OutputLock
 
     if args.pca is not None and args.dense is None:
         raise GeoExploraError("--pca goes with --dense OUT.tif")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise GeoExploraError("--device cuda: no CUDA device is available")
+    device = resolve_device(args.device)
     outputs = [args.out, *([args.dense] if args.dense else [])]
     for path in outputs:
         check_output(path, args.overwrite, resume=False)
     with OutputLock(outputs):
         summary = embed_rasters(
-            args.raster, args.out, encoder_from_args(args), band_names=_names(args.band_names), tile=args.tile,
+            args.raster, args.out, encoder_from_args(args), band_names=args.file_bands, tile=args.tile,
             stride=args.stride, pool=args.pool, batch_size=args.batch_size, device=device, dense=args.dense,
             pca=DEFAULT_PCA if args.pca is None else args.pca, overwrite=args.overwrite,
         )

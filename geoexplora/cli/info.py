@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geoexplora.cli.options import add_model_bands_option, add_renamed_bands_flag, add_sensor_option
 from geoexplora.errors import GeoExploraError
 
 if TYPE_CHECKING:
@@ -32,9 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", help="a geoexplora checkpoint folder (model.safetensors + config.json)")
     parser.add_argument("--weights", help="source weights: .safetensors/.pth file, or 'timm' for the HF cache")
     bands = parser.add_mutually_exclusive_group()
-    bands.add_argument("--bands", help="comma-separated band names, e.g. B02,B03,B04,B08 (default red,green,blue)")
+    add_model_bands_option(bands, "the bands the model reads, e.g. B02,B03,B04,B08 (default red,green,blue)")
     bands.add_argument("--in-chans", type=int, help="number of bands, named B1..Bn")
-    parser.add_argument("--sensor", help="sensor table resolving band names (sentinel2, landsat7, landsat8)")
+    add_sensor_option(parser)
+    add_renamed_bands_flag(parser, "--model-bands")
     parser.add_argument("--img-size", type=int, help="input side in pixels (default: the model's pretrained size)")
     parser.add_argument("--strategy", default="explora", help=f"adaptation strategy ({', '.join(STRATEGIES)}, ...)")
     parser.add_argument("--unfreeze-blocks", type=_int_list, help="blocks trained in full, e.g. -1 or 10,11")
@@ -73,8 +75,8 @@ def _backbone_config(args: argparse.Namespace) -> BackboneConfig:
     from geoexplora.bands import default_band_names
     from geoexplora.models import BackboneConfig
 
-    if args.bands:
-        bands = [b.strip() for b in args.bands.split(",") if b.strip()]
+    if args.model_bands:
+        bands = args.model_bands
     elif args.in_chans:
         bands = list(default_band_names(args.in_chans))
     else:

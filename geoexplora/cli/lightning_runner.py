@@ -63,8 +63,9 @@ def silence_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-RUN_FLAGS_HELP = ("Also: --resume (continue from OUT/lightning/last.ckpt), --quiet (no progress, no summary), "
-                  "--no-progress (no progress lines; TQDM_DISABLE=1 does the same).")
+RUN_FLAGS_HELP = ("Also: --resume (continue exactly from OUT/lightning/last.ckpt), --overwrite (replace the run in "
+                  "OUT), --quiet (no progress, no summary), --no-progress (no progress lines; TQDM_DISABLE=1 does "
+                  "the same), --threads N.")
 
 
 def _pop_flag(argv: list[str], flag: str) -> bool:

@@ -1,9 +1,95 @@
-"""Options shared by the commands that load a checkpoint (``predict``, ``evaluate``, ``embed``, ``export``)."""
+"""Options shared by the commands, so one flag means one thing everywhere.
+
+* ``--file-bands B1,B2,...``: names of the raster files' bands, in file order, for files whose band
+  descriptions are missing or differ from the names the model knows (``predict``, ``embed``, ``stats``);
+* ``--model-bands red,green,...``: the bands a model reads, for a model built from a name rather than
+  a checkpoint (``embed --backbone``, ``info --backbone``), and the bands ``stats`` reports;
+* ``--sensor``: the sensor table resolving those band names to wavelengths, wherever a model's RGB
+  kernels are mapped onto other bands;
+* ``--device auto|cpu|cuda|cuda:N``;
+* ``--weights-dir`` / ``--allow-download`` for commands that load a checkpoint.
+
+The old ``--bands`` / ``--band-names`` flags are refused with one line naming the new flag, and every
+parse error is one line (:class:`OneLineErrorParser`), not the usage text.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from geoexplora.errors import GeoExploraError
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit 2, pointing at ``--help`` for the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+        sys.exit(2)
+
+
+def band_list(text: str) -> list[str]:
+    """``"B02, B03,B04"`` -> ``["B02", "B03", "B04"]`` (an argparse ``type``)."""
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give comma-separated band names, e.g. B02,B03,B04")
+    return names
+
+
+def device_name(text: str) -> str:
+    """A device the CLI accepts (an argparse ``type``); whether it exists is checked when it is used."""
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
+    return text
+
+
+class _RenamedFlag(argparse.Action):
+    """A flag that was renamed: using it is one line naming its replacement."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        raise GeoExploraError(f"{option_string} was renamed: use {self.new}")
+
+
+def add_file_bands_option(parser: argparse.ArgumentParser) -> None:
+    """``--file-bands`` (``args.file_bands``: list of names or None)."""
+    parser.add_argument("--file-bands", type=band_list, metavar="B1,B2,...",
+                        help="names of the files' bands in file order, when the files carry no band descriptions "
+                             "or other names than the model's (default: the descriptions, else B1..Bn)")
+    parser.add_argument("--band-names", action=_RenamedFlag, new="--file-bands")
+
+
+def add_model_bands_option(parser: argparse.ArgumentParser | argparse._ActionsContainer, help_text: str) -> None:
+    """``--model-bands`` (``args.model_bands``: list of names or None)."""
+    parser.add_argument("--model-bands", type=band_list, metavar="red,green,...", help=help_text)
+
+
+def add_sensor_option(parser: argparse.ArgumentParser) -> None:
+    """``--sensor`` (``args.sensor``)."""
+    parser.add_argument("--sensor", help="sensor table resolving the band names to wavelengths, for mapping the "
+                                         "model's RGB kernels (sentinel2, landsat7, landsat8, rgb)")
+
+
+def add_renamed_bands_flag(parser: argparse.ArgumentParser, new: str) -> None:
+    """Refuse the old ``--bands`` (it meant the file's bands in one command, the model's in another)."""
+    parser.add_argument("--bands", action=_RenamedFlag, new=new)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|cuda:N`` (``args.device``)."""
+    parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N",
+                        help="where the model runs (default auto: CUDA when available)")
 
 
 def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:

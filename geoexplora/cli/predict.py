@@ -11,7 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from geoexplora.cli.options import add_checkpoint_options
+from geoexplora.cli.options import (
+    add_checkpoint_options,
+    add_device_option,
+    add_file_bands_option,
+    add_renamed_bands_flag,
+)
 from geoexplora.cli.run_folder import check_writable_folder
 from geoexplora.errors import GeoExploraError
 
@@ -28,12 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--vector", type=Path, help="also polygonise the class map (.gpkg or .parquet)")
     parser.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (map units²)")
     parser.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance (map units)")
-    parser.add_argument("--bands", help="comma-separated names of the file's bands when its descriptions "
-                        "differ from the checkpoint's band names")
+    add_file_bands_option(parser)
+    add_renamed_bands_flag(parser, "--file-bands (the file's band names)")
     parser.add_argument("--tile", type=int, help="window side in pixels (default: the checkpoint's window size)")
     parser.add_argument("--overlap", type=int, help="window overlap in pixels (default 32, at most a quarter tile)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_option(parser)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--allow-no-crs", action="store_true", help="accept rasters without CRS (pixel coordinates)")
@@ -41,9 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoint_options(parser)
     parser.set_defaults(run=run)
 
-
-def _names(text: str | None) -> list[str] | None:
-    return [b.strip() for b in text.split(",") if b.strip()] if text else None
 
 
 def _rgb_preview_bands(indexes: list[int], model_bands: list[str], sensor: str | None) -> tuple[int, int, int]:
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     plans, locked = [], []
     for raster, out in zip(rasters, outputs, strict=True):
         source = check_raster(raster, args.allow_no_crs)
-        indexes = band_indexes(config.preprocessing, raster, _names(args.bands))
+        indexes = band_indexes(config.preprocessing, raster, args.file_bands)
         probabilities = out.with_name(f"{out.stem}.probabilities.tif") if args.probabilities else None
         paths = [p for p in (out, probabilities) if p is not None]
         for path in paths:
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{out}: already complete; --resume leaves it alone (pass --overwrite to redo it)")
                 continue
             summary = predict_with_model(
-                model, raster, out, probabilities=probabilities or False, bands=_names(args.bands), tile=tile,
+                model, raster, out, probabilities=probabilities or False, bands=args.file_bands, tile=tile,
                 overlap=overlap, batch_size=args.batch_size, device=device, overwrite=args.overwrite,
                 resume=args.resume, allow_no_crs=args.allow_no_crs,
             )

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from geoexplora.cli.options import add_file_bands_option, add_renamed_bands_flag, band_list
 from geoexplora.errors import GeoExploraError
 
 
@@ -18,9 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("stats", help="per-band mean, std and 2-98 percentiles of rasters")
     parser.add_argument("--raster", nargs="+", required=True,
                         help="rasters or folders; GDAL paths (/vsicurl/, /vsizip/), URLs and STAC item JSONs too")
-    parser.add_argument("--band-names", help="comma-separated names of all the file's bands (default: "
-                        "the file's band descriptions, else B1..Bn)")
-    parser.add_argument("--bands", help="comma-separated subset of band names to use")
+    add_file_bands_option(parser)
+    parser.add_argument("--model-bands", type=band_list, metavar="red,green,...",
+                        help="the bands to report, in order, e.g. those a model will read (default: all)")
+    add_renamed_bands_flag(parser, "--model-bands (the bands to report)")
     parser.add_argument("--nodata", type=float, help="nodata value, overriding the files'")
     parser.add_argument("--windows", type=int, default=64, help="random windows to sample (default 64)")
     parser.add_argument("--window-size", type=int, default=64, help="window side in pixels (default 64)")
@@ -29,9 +31,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="also write the statistics to this JSON file")
     parser.set_defaults(run=run)
 
-
-def _names(text: str | None) -> list[str] | None:
-    return [b.strip() for b in text.split(",") if b.strip()] if text else None
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     with OutputLock([args.out] if args.out else []):  # one writer of --out at a time
-        dataset = GeoRasterDataset(args.raster, bands=_names(args.bands), band_names=_names(args.band_names),
+        dataset = GeoRasterDataset(args.raster, bands=args.model_bands, band_names=args.file_bands,
                                    nodata=args.nodata)
         stats = compute_band_statistics(dataset, num_windows=args.windows, window_size=args.window_size,
                                         seed=args.seed)

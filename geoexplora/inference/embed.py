@@ -131,9 +131,10 @@ def embed_raster(
     return embed_rasters(rasters, out, model_encoder(geomodel), **options)
 
 
-def build_encoder(model: str, bands: Sequence[str], weights: str | None = None) -> Encoder:
-    """A backbone by timm name over ``bands`` (random init, or ``weights``: ``"timm"`` or a local file)."""
-    config = BackboneConfig(model=model, weights=weights, bands=list(bands))
+def build_encoder(model: str, bands: Sequence[str], weights: str | None = None, sensor: str | None = None) -> Encoder:
+    """A backbone by timm name over ``bands`` (random init, or ``weights``: ``"timm"`` or a local file), its RGB
+    kernels mapped by ``sensor``'s band table when given."""
+    config = BackboneConfig(model=model, weights=weights, bands=list(bands), sensor=sensor)
     return Encoder(create_backbone(config).eval(), config)
 
 

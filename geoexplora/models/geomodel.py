@@ -99,7 +99,8 @@ def _base(directory: Path, config: CheckpointConfig, search: list[Path], allow_d
         return create_backbone(backbone)
     if backbone.downloads and not allow_download:
         raise GeoExploraError(f"{directory / 'config.json'}: the base is {backbone.model} with {backbone.weights} "
-                              "weights, which may need a download; pass --allow-download, or load an exported copy")
+                              "weights, which may need a download; pass --allow-download (finetune: --model.allow_download true), "
+                              "or load an exported copy")
     if backbone.weights is None:
         logger.warning("%s: format-1 checkpoint over a random initialisation that it did not store; this load "
                        "is one random draw of its frozen base", directory)

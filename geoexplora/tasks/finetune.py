@@ -104,6 +104,8 @@ class FinetuneTask(L.LightningModule):
         lr: AdamW learning rate (cosine decay over the run).
         weight_decay: AdamW weight decay.
         ignore_index: target value that is not scored (nodata / unlabelled pixels).
+        allow_download: let ``init_checkpoint``'s source weights (``timm`` or ``torchgeo:...``, which that
+            checkpoint names, not you) download when they are not cached; refused otherwise.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class FinetuneTask(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         ignore_index: int = 255,
+        allow_download: bool = False,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -134,7 +137,7 @@ class FinetuneTask(L.LightningModule):
         self.task = task
         self.init_checkpoint = init_checkpoint
         self.strategy_config = create_strategy(strategy, **(strategy_options or {}))
-        self.backbone_config, self.backbone = self._build_backbone(backbone, init_checkpoint)
+        self.backbone_config, self.backbone = self._build_backbone(backbone, init_checkpoint, allow_download)
         self.strategy_config.apply(self.backbone)
         self.head_options: dict[str, Any] = {"pool": pool, "segmentation_head": segmentation_head,
                                              "feature_blocks": feature_blocks, "decoder_channels": decoder_channels}
@@ -154,7 +157,8 @@ class FinetuneTask(L.LightningModule):
             self.build_head(classes)
 
     @staticmethod
-    def _build_backbone(config: BackboneConfig | None, init_checkpoint: str | None) -> tuple[BackboneConfig, nn.Module]:
+    def _build_backbone(config: BackboneConfig | None, init_checkpoint: str | None,
+                        allow_download: bool) -> tuple[BackboneConfig, nn.Module]:
         if init_checkpoint is None:
             if config is None:
                 raise GeoExploraError("fine-tuning needs a backbone config or an init_checkpoint")
@@ -166,7 +170,7 @@ class FinetuneTask(L.LightningModule):
                 f"{init_checkpoint}: checkpoint backbone {source.model} on bands {source.bands} does not match "
                 f"the configured {config.model} on bands {config.bands}"
             )
-        backbone, _ = load_merged_backbone(init_checkpoint)
+        backbone, _ = load_merged_backbone(init_checkpoint, allow_download=allow_download)
         return source_backbone(init_checkpoint, parent), backbone
 
     def build_head(self, classes: list[str]) -> None:

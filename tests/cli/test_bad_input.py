@@ -58,7 +58,7 @@ def _existing_run(folder: Path, _: dict[str, Path]) -> None:
 
 P = ("predict", "--checkpoint", "{ckpt}", "--no-preview")
 PS = (*P, "--raster", "{scene}")
-E = ("embed", "--raster", "{scene}", "--backbone", "vit_base_patch16_224", "--bands", "red,green,blue,nir")
+E = ("embed", "--raster", "{scene}", "--backbone", "vit_base_patch16_224", "--model-bands", "red,green,blue,nir")
 S = ("stats", "--raster", "{scene}")
 KINDS = [
     Kind(1, "raster corrupt mid-file", (*P, "--raster", "{corrupt}", "--out", "o.tif", "--tile", "32"),
@@ -69,7 +69,7 @@ KINDS = [
     Kind(5, "negative tile", (*PS, "--out", "o.tif", "--tile", "-8"), ("--tile -8",)),
     Kind(6, "overlap over half the tile", (*PS, "--out", "o.tif", "--tile", "32", "--overlap", "20"), ("overlap 20",)),
     Kind(7, "batch size 0", (*PS, "--out", "o.tif", "--batch-size", "0"), ("--batch-size 0",)),
-    Kind(8, "unknown device", (*PS, "--out", "o.tif", "--device", "tpu"), ("--device tpu",)),
+    Kind(8, "unknown device", (*PS, "--out", "o.tif", "--device", "tpu"), ("--device", "'tpu'", "cuda:N")),
     Kind(9, "cuda without a GPU", (*PS, "--out", "o.tif", "--device", "cuda"), ("--device cuda", "CUDA"),
          needs_cpu_only=True),
     Kind(10, "vector into a missing folder", (*PS, "--out", "o.tif", "--vector", "nowhere/v.gpkg"),
@@ -89,7 +89,7 @@ KINDS = [
     Kind(19, "text file as raster", (*P, "--raster", "{text}", "--out", "o.tif"), ("text.tif", "not a readable raster")),
     Kind(20, "zero-byte raster", (*P, "--raster", "{empty}", "--out", "o.tif"), ("empty.tif",)),
     Kind(21, "raster without CRS", (*P, "--raster", "{nocrs}", "--out", "o.tif"), ("nocrs.tif", "CRS")),
-    Kind(22, "band names of the wrong count", (*PS, "--out", "o.tif", "--bands", "a,b"), ("2 band names",)),
+    Kind(22, "band names of the wrong count", (*PS, "--out", "o.tif", "--file-bands", "a,b"), ("2 band names",)),
     Kind(23, "checkpoint folder missing", ("predict", "--raster", "{scene}", "--checkpoint", "nockpt", "--out", "o.tif"),
          ("nockpt", "not found")),
     Kind(24, "threads 0", (*PS, "--out", "o.tif", "--threads", "0"), ("--threads 0",)),
@@ -136,6 +136,12 @@ KINDS = [
     Kind(49, "pretrain with --threads -2", ("pretrain", "--config", "{recipe}", "--threads", "-2"), ("--threads -2",)),
     Kind(50, "export into an existing folder", ("export", "--checkpoint", "{ckpt}", "--out", "x"),
          ("x", "already exists"), setup=lambda folder, _: (folder / "x").mkdir()),
+    Kind(51, "a renamed flag (--bands)", (*PS, "--out", "o.tif", "--bands", "a,b,c,d"), ("--bands", "--file-bands")),
+    Kind(52, "finetune into a run folder another process writes", ("finetune", "--config", "{recipe}", "--out", "run"),
+         ("run", "is writing it"), setup=_seed("run.lock", f"{os.getpid()}\n".encode())),  # this test's PID: alive
+    Kind(53, "stats --out that another process writes", (*S, "--out", "s.json"), ("s.json", "is writing it"),
+         setup=_seed("s.json.lock", f"{os.getpid()}\n".encode())),
+    Kind(54, "embed --device with a typo", (*E, "--out", "e.parquet", "--device", "cuda1"), ("--device", "'cuda1'")),
 ]
 
 

@@ -64,8 +64,8 @@ def test_band_names_are_mapped_and_checked(scene, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "the model needs bands red, green, blue, nir but the file has B1, B2, B3, B4" in err and err.count("\n") == 1
-    assert main([*args, "--bands", "nir,red,green,blue"]) == 0
-    assert main([*args, "--overwrite", "--bands", "a,b,c"]) == 2
+    assert main([*args, "--file-bands", "nir,red,green,blue"]) == 0
+    assert main([*args, "--overwrite", "--file-bands", "a,b,c"]) == 2
     assert "3 band names given (a, b, c) for a file with 4 bands" in capsys.readouterr().err
 
 

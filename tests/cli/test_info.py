@@ -44,7 +44,7 @@ def test_vit_l14_explora_defaults_published_figures(capsys):
 
 
 def test_bands_and_strategy_options(capsys):
-    info = _info_json(capsys, "--backbone", "vit_small_patch14_dinov2", "--bands", "B02,B03,B04,B08",
+    info = _info_json(capsys, "--backbone", "vit_small_patch14_dinov2", "--model-bands", "B02,B03,B04,B08",
                       "--sensor", "sentinel2", "--unfreeze-blocks", "10,11", "--lora-rank", "16")
     assert info["backbone"]["bands"] == ["B02", "B03", "B04", "B08"]
     assert info["strategy"]["unfreeze_blocks"] == [10, 11] and info["strategy"]["lora_rank"] == 16

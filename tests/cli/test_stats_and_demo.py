@@ -18,7 +18,7 @@ from geoexplora.errors import GeoExploraError
 
 def test_stats_json_matches_numpy(tmp_path, capsys):
     path = fake_rasters.write_raster(tmp_path / "a.tif", count=3, width=32, height=32)
-    assert main(["stats", "--raster", str(path), "--band-names", "x,y,z", "--window-size", "32",
+    assert main(["stats", "--raster", str(path), "--file-bands", "x,y,z", "--window-size", "32",
                  "--windows", "1", "--json", "--out", str(tmp_path / "stats.json")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "stats.json").read_text())
@@ -69,7 +69,7 @@ def _mixed_band_counts(tmp_path: Path) -> list[str]:
     (_empty_folder, [], "empty: folder holds no .tif"),
     (_small, [], "smaller than the 64x64 window"),
     (_mixed_band_counts, [], "b.tif: has 4 bands but"),
-    (lambda p: [str(fake_rasters.write_raster(p / "r.tif", count=3))], ["--bands", "B9"], "no band named B9"),
+    (lambda p: [str(fake_rasters.write_raster(p / "r.tif", count=3))], ["--model-bands", "B9"], "no band named B9"),
 ])
 def test_bad_rasters_are_one_line_errors(tmp_path, capsys, make, extra, message):
     assert main(["stats", "--raster", *make(tmp_path), *extra]) == 2

@@ -202,12 +202,12 @@ def test_stac_collection_embeds_like_the_files(tmp_path: Path, capsys: pytest.Ca
     collection = _slovenia_collection(tmp_path, [0, 1])
     common = ["--backbone", "vit_small_patch14_dinov2", "--tile", "56", "--batch-size", "4", "--no-progress"]
     torch.manual_seed(0)
-    assert main(["embed", "--raster", str(collection), "--bands", "blue,green,red,nir",
+    assert main(["embed", "--raster", str(collection), "--model-bands", "blue,green,red,nir",
                  "--out", str(tmp_path / "stac.parquet"), *common]) == 0
     torch.manual_seed(0)
     names = [COMMON.get(b, b) for b in S2_BANDS]  # the same names, so the same RGB kernel mapping
     assert main(["embed", "--raster", *(str(SLOVENIA / f"s2_l1c_scene{i}.tif") for i in (0, 1)),
-                 "--band-names", ",".join(names), "--bands", "blue,green,red,nir",
+                 "--file-bands", ",".join(names), "--model-bands", "blue,green,red,nir",
                  "--out", str(tmp_path / "files.parquet"), *common]) == 0
     stac, files = gpd.read_parquet(tmp_path / "stac.parquet"), gpd.read_parquet(tmp_path / "files.parquet")
     assert len(stac) == len(files) == 8

@@ -246,7 +246,7 @@ def test_cli_checkpoint(cli, scene: Path, checkpoint: Path, encoder: Encoder, tm
 def test_cli_backbone_computes_statistics(cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raster = fake_rasters.write_raster(tmp_path / "rgb.tif", width=40, height=40, count=3,
                                        descriptions=["red", "green", "blue"])
-    argv = ["embed", "--raster", str(raster), "--backbone", "vit_tiny_patch16_224", "--bands", "red,green,blue",
+    argv = ["embed", "--raster", str(raster), "--backbone", "vit_tiny_patch16_224", "--model-bands", "red,green,blue",
             "--out", str(tmp_path / "emb.parquet"), "--tile", "32", "--pool", "mean"]
     assert cli(argv) == 0
     assert "Embedded 4 windows" in capsys.readouterr().out
@@ -279,7 +279,7 @@ def test_cli_checkpoint_without_encoder(cli, scene: Path, checkpoint: Path, tmp_
     (no_backbone / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
     assert "no_backbone: no encoder" in cli_error(cli, [*base, "--checkpoint", str(no_backbone)], capsys)
     assert "either --checkpoint" in cli_error(cli, base, capsys)
-    assert "needs --bands" in cli_error(cli, [*base, "--backbone", "vit_tiny_patch16_224"], capsys)
+    assert "needs --model-bands" in cli_error(cli, [*base, "--backbone", "vit_tiny_patch16_224"], capsys)
     assert not (tmp_path / "emb.parquet").exists()
 
 

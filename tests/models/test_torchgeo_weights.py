@@ -226,3 +226,15 @@ def test_cli_pretrain_from_torchgeo_weights(tmp_path, download, monkeypatch):
     fake.calls.clear()
     assert load_model(tmp_path / "run" / "checkpoint", allow_download=True).config.task.steps == 2
     assert len(fake.calls) == 1
+
+
+def test_finetune_from_a_torchgeo_run_downloads_only_when_the_recipe_says_so(tmp_path, download):
+    from geoexplora.tasks.finetune import FinetuneTask
+
+    _, fake = torchgeo_checkpoint(tmp_path / "ckpt", download)
+    fake.calls.clear()
+    with pytest.raises(GeoExploraError, match="model.allow_download"):
+        FinetuneTask("segmentation", init_checkpoint=str(tmp_path / "ckpt"))
+    assert fake.calls == []
+    task = FinetuneTask("segmentation", init_checkpoint=str(tmp_path / "ckpt"), allow_download=True)
+    assert len(fake.calls) == 1 and task.backbone_config.weights == S2_DINO
