@@ -9,9 +9,10 @@ with one ``src.read(window=...)`` when that gives merge's result exactly:
 * the window meets one file only, not a time series, not one file per band;
 * the file's CRS and resolution are the dataset's (no reprojection, no resampling), its transform north-up,
   and the window on its pixel grid (the samplers snap windows to it);
-* the file has no GDAL mask or alpha band, and nodata is the file's own (``nodata=`` equal to it or unset),
-  representable in its dtype: then merge's masked copy keeps every pixel, nodata ones included, and fills
-  pixels outside the file with that nodata (0 without one), as done here.
+* the file has no GDAL mask or alpha band, and merge's fill is nodata as TorchGeo's handle for the file
+  has it (the file's own, or a ``nodata`` override through a WarpedVRT, whose dtype merge then takes: a
+  NaN fill makes an integer file float64), representable in that dtype: then merge's masked copy keeps every
+  pixel, nodata ones included, and fills pixels outside the file with that value (0 without one), as here.
 
 Everything else goes to TorchGeo. Open files are cached per process (:class:`ProcessHandles`): a handle
 opened before a DataLoader forks its workers would share its file offset with the parent's.
@@ -23,6 +24,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,13 +55,12 @@ class ProcessHandles:
     def get(self, key: Hashable, open_handle: Callable[[], Any]) -> Any:
         if self._pid != os.getpid():  # a forked worker: never read through the parent's file offsets
             self._pid, self._handles = os.getpid(), OrderedDict()
-        handle = self._handles.get(key)
-        if handle is None:
-            handle = self._handles[key] = open_handle()
-            if len(self._handles) > self.maxsize:
-                self._handles.popitem(last=False)
-        else:
+        if key in self._handles:
             self._handles.move_to_end(key)
+            return self._handles[key]
+        handle = self._handles[key] = open_handle()  # may be None: remembered too
+        if len(self._handles) > self.maxsize:
+            self._handles.popitem(last=False)
         return handle
 
     def __getstate__(self) -> dict[str, int]:
@@ -76,6 +77,15 @@ def has_mask(src: DatasetReader, bands: Sequence[int] | None = None) -> bool:
     wanted = range(1, src.count + 1) if bands is None else bands
     plain = ({MaskFlags.all_valid}, {MaskFlags.nodata})
     return any(set(flags[b - 1]) not in plain for b in wanted)
+
+
+@dataclass(frozen=True)
+class DirectFile:
+    """A file read directly: its handle, and the dtype and fill value merge would give its windows."""
+
+    src: DatasetReader
+    dtype: str
+    fill: float
 
 
 def merge_fills(nodata: float | None, dtype: str) -> bool:
@@ -163,11 +173,21 @@ class DirectWindowReads(RasterDataset):
             return None
         return Window(round(col), round(row), int(round((x.stop - x.start) / xres)), int(round((y.stop - y.start) / yres)))
 
-    def _readable(self, src: DatasetReader) -> bool:
-        """Same CRS, no GDAL mask, nodata as merge would use it."""
-        crs_ok = src.crs is not None and src.crs == rasterio.crs.CRS.from_user_input(self.crs)
-        nodata_ok = (self.nodata is None or same_nodata(self.nodata, src.nodata)) and merge_fills(src.nodata, src.dtypes[0])
-        return crs_ok and nodata_ok and not has_mask(src)
+    def _open_direct(self, path: str) -> DirectFile | None:
+        """``path`` opened for direct reads, with merge's dtype and fill taken from TorchGeo's handle (a
+        WarpedVRT when nodata is overridden, e.g. promoted to float64 for a NaN fill of an integer file), or
+        None when a plain read would not give merge's pixels: another CRS or grid, a GDAL mask, a nodata
+        override that differs from the handle's fill, a fill merge cannot use."""
+        src = rasterio.open(path)
+        handle = self._cached_load_warp_file(path, self.crs)
+        fill, dtype = handle.nodata, handle.dtypes[0]
+        same_grid = (handle.transform, handle.width, handle.height) == (src.transform, src.width, src.height)
+        overridden = isinstance(handle, WarpedVRT)  # same CRS: a VRT only for TorchGeo's nodata override
+        if (src.crs is None or src.crs != rasterio.crs.CRS.from_user_input(self.crs) or not same_grid
+                or has_mask(src) or not merge_fills(fill, dtype) or (overridden and not same_nodata(fill, self.nodata))):
+            src.close()
+            return None
+        return DirectFile(src, dtype, 0 if fill is None else fill)
 
     def _direct_sample(self, index: GeoSlice) -> Sample | None:
         """The window read straight from its file, or None when TorchGeo must read it."""
@@ -179,12 +199,11 @@ class DirectWindowReads(RasterDataset):
         path = self._one_file(x, y, t)
         if path is None:
             return None
-        src, readable = self.handles.get(("direct", path, self._crs_changes),
-                                         lambda: self._open_checked(path))
-        window = self._grid_window(src, x, y) if readable else None
+        direct = self.handles.get(("direct", path, self._crs_changes), lambda: self._open_direct(path))
+        window = self._grid_window(direct.src, x, y) if direct is not None else None
         if window is None:
             return None
-        data = self._read(src, window)
+        data = self._read(direct, window)
         tensor = array_to_tensor(data).to(self.dtype)
         sample: Sample = {"bounds": self._slice_to_tensor(index),
                           "transform": torch.tensor(Affine(x.step, 0.0, x.start, 0.0, -y.step, y.stop))}  # from_origin
@@ -196,17 +215,14 @@ class DirectWindowReads(RasterDataset):
             sample = self.transforms(sample)
         return sample
 
-    def _open_checked(self, path: str) -> tuple[DatasetReader, bool]:
-        src = rasterio.open(path)
-        return src, self._readable(src)
-
-    def _read(self, src: DatasetReader, window: Window) -> np.ndarray:
-        """(C, h, w) of ``src``'s dtype: the window's pixels, nodata (0 without one) outside the file."""
+    def _read(self, direct: DirectFile, window: Window) -> np.ndarray:
+        """(C, h, w) in merge's dtype: the window's pixels, merge's fill outside the file."""
+        src = direct.src
         col, row, width, height = window.col_off, window.row_off, window.width, window.height
         if col >= 0 and row >= 0 and col + width <= src.width and row + height <= src.height:
-            return src.read(self.band_indexes, window=window)
+            return src.read(self.band_indexes, window=window).astype(direct.dtype, copy=False)
         count = len(self.band_indexes) if self.band_indexes else src.count
-        data = np.full((count, height, width), 0 if src.nodata is None else src.nodata, src.dtypes[0])
+        data = np.full((count, height, width), direct.fill, direct.dtype)
         c0, r0 = max(col, 0), max(row, 0)
         c1, r1 = min(col + width, src.width), min(row + height, src.height)
         if c1 > c0 and r1 > r0:

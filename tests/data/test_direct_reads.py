@@ -55,9 +55,11 @@ def test_band_subset_and_label_masks_equal_torchgeo(multiband_geotiff: Path, tmp
     ds = GeoRasterDataset(multiband_geotiff, bands=["nir", "blue"])
     queries = windows(ds, 16)
     assert assert_same(ds, queries) == len(queries)
-    labels = RasterMaskDataset(fake_rasters.write_label_raster(tmp_path / "labels.tif", nodata=255, nodata_border=3))
-    queries = windows(labels, 16)
-    assert assert_same(labels, queries) == len(queries)
+    for name, nodata in (("labels.tif", 255), ("no-nodata.tif", None)):  # None: TorchGeo fills NaN, float64
+        path = fake_rasters.write_label_raster(tmp_path / name, nodata=nodata, nodata_border=3 if nodata else 0)
+        labels = RasterMaskDataset(path)
+        queries = windows(labels, 16)
+        assert assert_same(labels, queries) == len(queries)
 
 
 def test_mosaic_seams_and_other_crs_go_to_torchgeo(tmp_path: Path):
