@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window
+from rasterio.windows import Window, bounds as window_bounds, from_bounds
 from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample, array_to_tensor
 
@@ -81,11 +81,40 @@ def has_mask(src: DatasetReader, bands: Sequence[int] | None = None) -> bool:
 
 @dataclass(frozen=True)
 class DirectFile:
-    """A file read directly: its handle, and the dtype and fill value merge would give its windows."""
+    """A file read directly: its handle, the dtype and fill merge would give its windows when it comes first,
+    and its nodata as TorchGeo's handle has it (the pixels merge's masked read hides)."""
 
     src: DatasetReader
     dtype: str
     fill: float
+    nodata: float | None
+
+
+Part = tuple[Window, Window]  # a file's source window and where it lands in the output
+OUTSIDE: Part = (Window(0, 0, 0, 0), Window(0, 0, 0, 0))  # the file's box meets the window's on an edge only
+
+
+def whole_pixels(part: Part) -> bool:
+    """Whether the source window is whole pixels, as many as the output window's."""
+    source, placed = part
+    return (all(float(v).is_integer() for v in source.flatten())
+            and (source.width, source.height) == (placed.width, placed.height))
+
+
+def holds_fill(region: np.ndarray, fill: float) -> np.ndarray:
+    """Where merge counts ``region`` as not yet written (its ``region_mask``)."""
+    if math.isnan(fill):
+        return np.isnan(region)
+    if np.issubdtype(region.dtype, np.integer):
+        return region == fill
+    return np.isclose(region, fill)
+
+
+def is_nodata(data: np.ndarray, nodata: float | None) -> np.ndarray | np.bool_:
+    """The pixels of ``data`` a masked read with this nodata hides (no GDAL mask: checked before)."""
+    if nodata is None:
+        return np.False_
+    return np.isnan(data) if math.isnan(nodata) else data == nodata
 
 
 def merge_fills(nodata: float | None, dtype: str) -> bool:
@@ -141,18 +170,16 @@ class DirectWindowReads(RasterDataset):
         """TorchGeo's handle for ``filepath`` in ``crs`` (maybe a WarpedVRT), cached per process."""
         return self.handles.get(("torchgeo", filepath, str(crs)), lambda: self._load_warp_file(filepath, crs))
 
-    def _one_file(self, x: slice, y: slice, t: slice) -> str | None:
-        """The file when TorchGeo's query (time overlap, then ``index.cx``: bounding boxes that meet, edges
-        included) finds exactly one for a rectangular window, else None; from arrays built once per index."""
+    def _files_at(self, x: slice, y: slice, t: slice) -> list[str]:
+        """The files TorchGeo's query (time overlap, then ``index.cx``: bounding boxes that meet, edges
+        included) finds for a rectangular window, in index order; from arrays built once per index."""
         key = (id(self.index), self._crs_changes)
         if self._footprints is None or self._footprints[0] != key:
             self._footprints = (key, self.index.geometry.bounds.to_numpy(), list(self.index.filepath))
         _, boxes, paths = self._footprints
-        hit = np.flatnonzero((boxes[:, 0] <= x.stop) & (boxes[:, 2] >= x.start)
-                             & (boxes[:, 1] <= y.stop) & (boxes[:, 3] >= y.start))
-        if len(hit) != 1 or not self._overlaps_in_time(t)[hit[0]]:
-            return None  # several files (merged by TorchGeo), or none (TorchGeo raises its IndexError)
-        return paths[hit[0]]
+        hit = ((boxes[:, 0] <= x.stop) & (boxes[:, 2] >= x.start) & (boxes[:, 1] <= y.stop) & (boxes[:, 3] >= y.start)
+               & self._overlaps_in_time(t))
+        return [paths[i] for i in np.flatnonzero(hit)]
 
     def _overlaps_in_time(self, t: slice) -> np.ndarray:
         """Bool (N,): the files whose time range TorchGeo's query keeps for ``t``, cached by ``t`` (samplers
@@ -162,16 +189,24 @@ class DirectWindowReads(RasterDataset):
             self._time_cache = (key, np.asarray(self.index.index.overlaps(pd.Interval(t.start, t.stop))))
         return self._time_cache[1]
 
-    def _grid_window(self, src: DatasetReader, x: slice, y: slice) -> Window | None:
-        """The window of ``src`` pixels that (x, y) is, or None when a plain read would not equal merge's."""
+    @staticmethod
+    def _file_part(src: DatasetReader, out_transform: Affine, out_bounds: tuple[float, ...]) -> Part | None:
+        """Where merge reads ``src`` for an output of ``out_transform`` and ``out_bounds``: its source window
+        (fractional pixels when float rounding says so) and output window, computed as merge does;
+        ``OUTSIDE`` when merge skips the file; None for a rotated or flipped file."""
         t = src.transform
-        xres, yres = float(x.step), float(y.step)
-        if t.b or t.d or not math.isclose(t.a, xres, rel_tol=1e-9) or not math.isclose(-t.e, yres, rel_tol=1e-9):
+        if t.b or t.d or t.a <= 0 or t.e >= 0:
             return None
-        col, row = (x.start - t.c) / t.a, (t.f - y.stop) / -t.e
-        if abs(col - round(col)) > GRID_TOLERANCE or abs(row - round(row)) > GRID_TOLERANCE:
-            return None
-        return Window(round(col), round(row), int(round((x.stop - x.start) / xres)), int(round((y.stop - y.start) / yres)))
+        left, bottom, right, top = src.bounds
+        west, east = max(left, out_bounds[0]), min(right, out_bounds[2])
+        south, north = max(bottom, out_bounds[1]), min(top, out_bounds[3])
+        if west >= east or south >= north:
+            return OUTSIDE
+        source = from_bounds(west, south, east, north, t)
+        out = from_bounds(west, south, east, north, out_transform)
+        out = Window(math.floor(out.col_off + 0.1), math.floor(out.row_off + 0.1),  # merge's win_align
+                     math.floor(out.width + 0.5), math.floor(out.height + 0.5))
+        return source, out
 
     def _open_direct(self, path: str) -> DirectFile | None:
         """``path`` opened for direct reads, with merge's dtype and fill taken from TorchGeo's handle (a
@@ -187,23 +222,30 @@ class DirectWindowReads(RasterDataset):
                 or has_mask(src) or not merge_fills(fill, dtype) or (overridden and not same_nodata(fill, self.nodata))):
             src.close()
             return None
-        return DirectFile(src, dtype, 0 if fill is None else fill)
+        return DirectFile(src, dtype, 0 if fill is None else fill, fill)
 
     def _direct_sample(self, index: GeoSlice) -> Sample | None:
-        """The window read straight from its file, or None when TorchGeo must read it."""
-        if self.separate_files or self.time_series or not self.cache:
+        """The window read straight from its files, or None when TorchGeo must read it."""
+        if self.separate_files or not self.cache:
             return None
         x, y, t = self._disambiguate_slice(index)
-        if t.step != 1:
+        files = self._files_at(x, y, t) if t.step == 1 else []
+        if not files:  # none: TorchGeo raises its IndexError
             return None
-        path = self._one_file(x, y, t)
-        if path is None:
+        directs = [self.handles.get(("direct", path, self._crs_changes), lambda: self._open_direct(path))
+                   for path in files]
+        if any(d is None for d in directs):
             return None
-        direct = self.handles.get(("direct", path, self._crs_changes), lambda: self._open_direct(path))
-        window = self._grid_window(direct.src, x, y) if direct is not None else None
-        if window is None:
+        width, height = int(round((x.stop - x.start) / x.step)), int(round((y.stop - y.start) / y.step))
+        out_transform = Affine.translation(x.start, y.stop) @ Affine.scale(x.step, -y.step)  # as merge builds it
+        out_bounds = window_bounds(Window(0, 0, width, height), out_transform)
+        parts = [self._file_part(d.src, out_transform, out_bounds) for d in directs]
+        if any(p is None for p in parts):
             return None
-        data = self._read(direct, window)
+        if self.time_series:  # one date per file, each merged alone (TorchGeo's np.stack of merges)
+            data = np.stack([self._merge([d], [p], (height, width)) for d, p in zip(directs, parts)])
+        else:
+            data = self._merge(directs, parts, (height, width))
         tensor = array_to_tensor(data).to(self.dtype)
         sample: Sample = {"bounds": self._slice_to_tensor(index),
                           "transform": torch.tensor(Affine(x.step, 0.0, x.start, 0.0, -y.step, y.stop))}  # from_origin
@@ -215,19 +257,34 @@ class DirectWindowReads(RasterDataset):
             sample = self.transforms(sample)
         return sample
 
-    def _read(self, direct: DirectFile, window: Window) -> np.ndarray:
-        """(C, h, w) in merge's dtype: the window's pixels, merge's fill outside the file."""
-        src = direct.src
-        col, row, width, height = window.col_off, window.row_off, window.width, window.height
-        if col >= 0 and row >= 0 and col + width <= src.width and row + height <= src.height:
-            return src.read(self.band_indexes, window=window).astype(direct.dtype, copy=False)
-        count = len(self.band_indexes) if self.band_indexes else src.count
-        data = np.full((count, height, width), direct.fill, direct.dtype)
-        c0, r0 = max(col, 0), max(row, 0)
-        c1, r1 = min(col + width, src.width), min(row + height, src.height)
-        if c1 > c0 and r1 > r0:
-            data[:, r0 - row:r1 - row, c0 - col:c1 - col] = src.read(self.band_indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
-        return data
+    def _merge(self, directs: list[DirectFile], parts: list[Part], shape: tuple[int, int]) -> np.ndarray:
+        """(C, H, W) as ``rasterio.merge.merge(method="first")`` builds it: the first file's dtype and fill,
+        then each file's pixels copied where the output still holds the fill (merge's test: NaN, ``isclose``
+        for floats, equality for integers) and the file's own nodata is not."""
+        first, height, width = directs[0], *shape
+        count = len(self.band_indexes) if self.band_indexes else first.src.count
+        if len(directs) == 1 and parts[0][1] == Window(0, 0, width, height) and whole_pixels(parts[0]):
+            # the whole window in one file: every pixel is copied or already the fill (its nodata)
+            return self._read_part(first.src, parts[0], count).astype(first.dtype, copy=False)
+        out = np.full((count, height, width), first.fill, first.dtype)
+        for direct, part in zip(directs, parts):
+            source, placed = part
+            if placed.width == 0:  # OUTSIDE
+                continue
+            data = self._read_part(direct.src, part, count)
+            hidden = np.ma.getmaskarray(data) if np.ma.isMaskedArray(data) else is_nodata(data, direct.nodata)
+            region = out[:, placed.row_off:placed.row_off + placed.height, placed.col_off:placed.col_off + placed.width]
+            np.copyto(region, np.ma.getdata(data), where=holds_fill(region, first.fill) & ~hidden, casting="unsafe")
+        return out
+
+    def _read_part(self, src: DatasetReader, part: Part, count: int) -> np.ndarray:
+        """merge's read of one file: whole pixels read plainly (its masked read hides exactly the nodata
+        pixels then), a fractional window as merge asks GDAL, masked and resampled to the output's size."""
+        source, placed = part
+        if whole_pixels(part):
+            return src.read(self.band_indexes, window=Window(*(int(v) for v in source.flatten())))
+        return src.read(self.band_indexes, window=source, out_shape=(count, placed.height, placed.width),
+                        resampling=self.resampling, masked=True)
 
     def __getitem__(self, index: GeoSlice) -> Sample:
         sample = self._direct_sample(index)

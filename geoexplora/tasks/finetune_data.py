@@ -322,7 +322,8 @@ class LabelledRasterDataModule(L.LightningDataModule):
         if sampler is None and self.options["tiles"] is None:
             raise GeoExploraError(f"the {split} split is empty (split_fractions {self.options['split_fractions']})")
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          shuffle=split == "train" and sampler is None)
+                          shuffle=split == "train" and sampler is None, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from geoexplora.data import (
@@ -153,4 +154,5 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=stack_samples,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )

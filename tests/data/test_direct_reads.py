@@ -12,7 +12,7 @@ from pyproj import CRS
 from torchgeo.datasets import RasterDataset
 
 import fake_rasters
-from geoexplora.data import GeoRasterDataset, RasterMaskDataset, grid_sampler, random_sampler
+from geoexplora.data import GeoRasterDataset, RasterMaskDataset, TemporalRasterDataset, grid_sampler, random_sampler
 from geoexplora.data.direct_reads import DirectWindowReads, ProcessHandles
 
 
@@ -62,20 +62,26 @@ def test_band_subset_and_label_masks_equal_torchgeo(multiband_geotiff: Path, tmp
         assert assert_same(labels, queries) == len(queries)
 
 
-def test_mosaic_seams_and_other_crs_go_to_torchgeo(tmp_path: Path):
-    west = fake_rasters.write_raster(tmp_path / "m" / "a.tif", nodata=-1.0, seed=0)
-    fake_rasters.write_raster(tmp_path / "m" / "b.tif", nodata=-1.0, seed=1, origin=(500_640.0, 5_100_000.0))
+def test_overlapping_files_and_time_series_equal_torchgeo(tmp_path: Path, temporal_folder: Path):
+    # b overlaps a by 16 px and both have a nodata border: merge takes a's pixels first, then b's where a has
+    # nodata; windows over the seam and partly outside both are direct too
+    fake_rasters.write_raster(tmp_path / "m" / "a.tif", nodata=-1.0, nodata_border=3, seed=0)
+    fake_rasters.write_raster(tmp_path / "m" / "b.tif", nodata=-1.0, nodata_border=3, seed=1,
+                              origin=(500_480.0, 5_100_000.0))
     mosaic = GeoRasterDataset(tmp_path / "m")
     queries = windows(mosaic, 32)
-    direct = assert_same(mosaic, queries)
-    assert 0 < direct < len(queries)  # windows inside one tile are direct, those over the seam merged by TorchGeo
-    seam = (slice(500_640.0 - 160, 500_640.0 + 160, 10.0), slice(5_100_000.0 - 320, 5_100_000.0, 10.0),
-            slice(mosaic.bounds[2].start, mosaic.bounds[2].stop))
-    assert mosaic._direct_sample(seam) is None and mosaic[seam]["image"].shape == (4, 32, 32)
-    other = fake_rasters.write_raster(tmp_path / "o" / "utm34.tif", crs="EPSG:32634", origin=(166_000.0, 5_100_000.0))
-    reprojected = GeoRasterDataset([west, other])  # the second file is warped into the first's CRS
+    assert assert_same(mosaic, queries) == len(queries)
+    stack = TemporalRasterDataset(temporal_folder)  # (T, C, H, W): each date merged alone
+    queries = windows(stack, 24)
+    assert assert_same(stack, queries) == len(queries)
+
+
+def test_other_crs_goes_to_torchgeo(tmp_path: Path):
+    other = fake_rasters.write_raster(tmp_path / "utm34.tif", crs="EPSG:32634", origin=(166_000.0, 5_100_000.0))
+    reprojected = GeoRasterDataset([fake_rasters.write_raster(tmp_path / "utm33.tif"), other])  # other: warped
     inside_other = [q for q in windows(reprojected, 16) if q[0].start > 501_000]
     assert inside_other and all(reprojected._direct_sample(q) is None for q in inside_other)
+    assert all(reprojected[q]["image"].shape == (4, 16, 16) for q in inside_other[:3])
 
 
 def test_a_crs_change_is_seen(multiband_geotiff: Path):
@@ -104,3 +110,14 @@ def test_handles_are_per_process_and_pickle_empty(tmp_path: Path):
     assert opened[-1] == "c"  # the worker opens its own
     restored = pickle.loads(pickle.dumps(handles))
     assert restored.maxsize == 2 and restored.get("c", opener("c2")) == "c2"
+
+
+def test_real_rasters_equal_torchgeo(shared_data: Path):
+    # non-square 300.04 x 300.04 m pixels (fractional source windows, read as merge reads them) and a stack
+    # of 5 dates with one footprint, merged first-come and as a time series
+    scenes = sorted((shared_data / "sentinel2_slovenia").glob("s2_l1c_scene*.tif"))
+    dates = [f"2017-01-0{i}" for i in range(1, 6)]
+    for ds, size in ((GeoRasterDataset(shared_data / "landsat_rgb" / "RGB.byte.tif"), 224),
+                     (GeoRasterDataset(scenes), 48), (TemporalRasterDataset(scenes, dates=dates), 48)):
+        queries = windows(ds, size)[:50]
+        assert assert_same(ds, queries) == len(queries)
