@@ -176,7 +176,7 @@ def run_lightning(
             raise GeoExploraError(f"{last}: nothing to resume (no last checkpoint in this run folder)")
         ckpt_path = str(last)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-    if not quiet:
+    if not quiet and cli.trainer.is_global_zero:  # one summary under DDP, from the process that wrote
         progress = next((c for c in cli.trainer.callbacks if isinstance(c, StepProgress)), None)
         out = Path(cli.config["out"])
         lines = summary_lines(command, cli.trainer, out, time.monotonic() - started, progress)

@@ -26,9 +26,10 @@ from rasterio.errors import RasterioError
 from rasterio.enums import Resampling
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchgeo.datasets import GeoDataset, RasterDataset, VectorDataset
+from torchgeo.datasets import GeoDataset, VectorDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
+from geoexplora.data.direct_reads import DirectWindowReads
 from geoexplora.data.raster import PathLike, find_raster_files, inspect_rasters, invalid_pixels
 from geoexplora.errors import GeoExploraError
 
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_IGNORE_INDEX = 255
 
 
-class RasterMaskDataset(RasterDataset):
+class RasterMaskDataset(DirectWindowReads):
     """Single-band class rasters (segmentation labels) as a TorchGeo dataset with ``is_image = False``.
 
     Read with nearest-neighbour resampling and reprojected by TorchGeo when its CRS differs from the

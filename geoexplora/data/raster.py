@@ -18,15 +18,15 @@ import rasterio
 import torch
 from affine import Affine
 from pyproj import CRS
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from torch import Tensor
-from torchgeo.datasets import RasterDataset
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from geoexplora.bands import default_band_names
+from geoexplora.data.direct_reads import DirectWindowReads, has_mask  # noqa: F401 (has_mask: public here)
 from geoexplora.data.sources import GdalPath, InputPath, as_input_path
 from geoexplora.data.stac import is_stac_source, stac_rasters
 from geoexplora.errors import GeoExploraError
@@ -158,15 +158,6 @@ def check_overlap(image: Path, labels: Path) -> None:
                                   f"image in {a.crs}); give labels of the same place")
 
 
-def has_mask(src: rasterio.DatasetReader, bands: Sequence[int] | None = None) -> bool:
-    """Whether GDAL masks some pixels of ``bands`` (1-based; default all) beyond the nodata value: an alpha
-    band, a per-dataset mask (``.msk`` or internal) or a per-band mask. Such pixels count as nodata."""
-    flags = src.mask_flag_enums
-    wanted = range(1, src.count + 1) if bands is None else bands
-    plain = ({MaskFlags.all_valid}, {MaskFlags.nodata})
-    return any(set(flags[b - 1]) not in plain for b in wanted)
-
-
 def invalid_pixels(data: Tensor, nodata: float | None) -> Tensor:
     """Bool (..., H, W): True where any band (dim -3) of ``data`` (..., C, H, W) is NaN or ``nodata``."""
     bad = torch.isnan(data)
@@ -175,8 +166,10 @@ def invalid_pixels(data: Tensor, nodata: float | None) -> Tensor:
     return bad.any(dim=-3)
 
 
-class GeoRasterDataset(RasterDataset):
+class GeoRasterDataset(DirectWindowReads):
     """A folder, file or list of GeoTIFFs of any band count and dtype, as a TorchGeo RasterDataset.
+
+    A window inside one file on the dataset's grid is one windowed read (:class:`DirectWindowReads`).
 
     Samples (``ds[geoslice]``) are dicts with
 
@@ -197,7 +190,7 @@ class GeoRasterDataset(RasterDataset):
         res: resolution in CRS units (default: the first file's).
         nodata: value marking missing pixels, overriding the files' nodata.
         transforms: applied to each sample after ``valid`` is computed.
-        cache: keep file handles open between reads (TorchGeo's LRU cache).
+        cache: keep file handles open between reads (up to 128, per process).
     """
 
     def __init__(

@@ -240,7 +240,8 @@ class FinetuneTask(L.LightningModule):
         loss = self.loss(logits, target)
         scores = logits.sigmoid() if self.task == "multilabel" else logits
         self.metrics[f"{split}_metrics"].update(scores.detach(), target.long() if self.task == "multilabel" else target)
-        self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=target.shape[0])
+        # val/test losses are epoch means: averaged over DDP processes (train logs each step's own)
+        self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=target.shape[0], sync_dist=split != "train")
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -254,7 +255,8 @@ class FinetuneTask(L.LightningModule):
 
     def _log_epoch(self, split: str) -> None:
         results = self.metrics[f"{split}_metrics"].compute()
-        self.log_dict({f"{split}/{k}": v for k, v in results.items() if v.numel() == 1})
+        # compute() already gathered every process's state: the values agree, the mean keeps Lightning quiet
+        self.log_dict({f"{split}/{k}": v for k, v in results.items() if v.numel() == 1}, sync_dist=True)
         self.metrics[f"{split}_metrics"].reset()
 
     def on_train_epoch_end(self) -> None:

@@ -325,7 +325,8 @@ class LabelledRasterDataModule(L.LightningDataModule):
             raise GeoExploraError(f"the {split} split is empty (split_fractions {self.options['split_fractions']})")
         if sampler is None and split == "train":
             sampler = SeededShuffleSampler(len(dataset), self.options["seed"])
-        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from geoexplora.data import (
     BandStatistics,
@@ -154,4 +155,5 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=stack_samples,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
