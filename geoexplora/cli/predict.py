@@ -2,14 +2,17 @@
 
 The raster side (windows, blending, streaming writer, resume) is :func:`geoexplora.inference.predict_raster`,
 driven by the checkpoint through :func:`geoexplora.inference.predict_with_model`; this module checks every
-input before the model loads and adds the optional vector and preview outputs. Heavy imports happen in
+input before the model loads and adds the optional vector and preview outputs; ``--devices N`` spreads
+several rasters over N worker processes (:mod:`geoexplora.cli.multi_device`). Heavy imports happen in
 :func:`run`, so ``geoexplora predict --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from geoexplora.cli.options import (
     add_checkpoint_options,
@@ -39,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=int, help="window overlap in pixels (default 32, at most a quarter tile)")
     parser.add_argument("--batch-size", type=int, default=8)
     add_device_option(parser)
+    parser.add_argument("--devices", type=int, default=1, metavar="N",
+                        help="spread several rasters over N worker processes: one per GPU, or N CPU processes "
+                             "(default 1)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--allow-no-crs", action="store_true", help="accept rasters without CRS (pixel coordinates)")
@@ -84,30 +90,35 @@ def _check_window(args: argparse.Namespace, patch_size: int) -> None:
         raise GeoExploraError(f"--overlap {args.overlap}: must be 0 or more pixels")
     if args.batch_size < 1:
         raise GeoExploraError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.devices < 1:
+        raise GeoExploraError(f"--devices {args.devices}: must be at least 1")
 
 
 def run(args: argparse.Namespace) -> int:
     from geoexplora.data import find_raster_files
-    from geoexplora.inference import vectorize_classes, write_preview, write_vectors
     from geoexplora.inference.memory import check_tile_memory, prediction_bytes
-    from geoexplora.inference.model_predict import band_indexes, check_predictable, predict_with_model, resolve_device
+    from geoexplora.inference.model_predict import band_indexes, check_predictable, resolve_device
     from geoexplora.inference.predict import check_output, check_raster, is_finished
     from geoexplora.inference.vectorize import check_vector_output
     from geoexplora.inference.windows import WindowGrid
-    from geoexplora.models import load_model, read_checkpoint
-    from geoexplora.outputs import OutputLock
+    from geoexplora.models import read_checkpoint
 
     config = read_checkpoint(args.checkpoint)
     check_predictable(config, Path(args.checkpoint))
     backbone = config.backbone
     _check_window(args, backbone.patch_pixels)
-    tile = args.tile or config.preprocessing.window_size
-    overlap = args.overlap if args.overlap is not None else min(32, tile // 4)
+    args.tile = args.tile or config.preprocessing.window_size
+    args.overlap = args.overlap if args.overlap is not None else min(32, args.tile // 4)
     rasters = find_raster_files(args.raster, config.preprocessing.model_bands)
     outputs = _outputs(rasters, args.out)
-    device = resolve_device(args.device)
+    if args.devices > 1:
+        from geoexplora.cli.multi_device import worker_devices
+
+        devices, threads = worker_devices(args.devices, args.device)
+    else:
+        device = str(resolve_device(args.device))
     # Every check that needs no model runs first: a bad input fails in a second, not after loading.
-    plans, locked = [], []
+    plans, sizes = [], []
     for raster, out in zip(rasters, outputs, strict=True):
         source = check_raster(raster, args.allow_no_crs)
         indexes = band_indexes(config.preprocessing, raster, args.file_bands)
@@ -119,31 +130,71 @@ def run(args: argparse.Namespace) -> int:
         vector = _vector_path(args.vector, out, len(rasters) > 1) if args.vector else None
         if vector is not None and not finished:
             check_vector_output(vector, args.overwrite or args.resume)
-        grid = WindowGrid(source.width, source.height, tile, overlap)
+        grid = WindowGrid(source.width, source.height, args.tile, args.overlap)
         check_tile_memory(grid, prediction_bytes(grid, len(indexes), max(len(config.classes), 1), args.batch_size,
                                                  backbone.patch_pixels, backbone.embed_dim or 768))
-        plans.append((raster, out, indexes, probabilities, vector, finished))
-        locked += paths + ([vector] if vector is not None else [])
+        plans.append(RasterPlan(raster, out, indexes, probabilities, vector, finished))
+        sizes.append(source.width * source.height)
+    if args.devices == 1 or len(plans) == 1:
+        predict_plans(args, plans, device if args.devices == 1 else devices[0])
+        return 0
+    from geoexplora.cli.multi_device import WorkerPlan, deal, run_workers, unfinished
+
+    dealt = deal(plans, sizes, len(devices))
+    codes = run_workers(predict_plans, args, [WorkerPlan(d, threads, items) for d, items in zip(devices, dealt)])
+    failed = unfinished([(p.raster, [q for q in (p.out, p.probabilities) if q is not None]) for p in plans],
+                        is_finished)
+    if failed:
+        died = sum(code != 0 for code in codes)
+        for raster in failed:
+            print(f"geoexplora: error: {raster}: not predicted ({died} of {len(codes)} worker processes failed); "
+                  "rerun the same command with --resume to complete it", file=sys.stderr)
+        return 1
+    return 0
+
+
+class RasterPlan(NamedTuple):
+    """One raster's prediction, checked: its output paths, file band indexes (1-based) and whether a
+    ``--resume`` finds it complete."""
+
+    raster: Path
+    out: Path
+    indexes: list[int]
+    probabilities: Path | None
+    vector: Path | None
+    finished: bool
+
+
+def predict_plans(args: argparse.Namespace, plans: list[RasterPlan], device: str) -> None:
+    """Lock the plans' outputs, load the model onto ``device`` once and predict each raster (with its
+    preview and vectors); a process of ``--devices N`` runs this over its share."""
+    from geoexplora.inference import vectorize_classes, write_preview, write_vectors
+    from geoexplora.inference.model_predict import predict_with_model
+    from geoexplora.models import load_model
+    from geoexplora.outputs import OutputLock
+
+    locked = [p for plan in plans for p in (plan.out, plan.probabilities, plan.vector) if p is not None]
     with OutputLock(locked):
         model = load_model(args.checkpoint, weights_dir=args.weights_dir, allow_download=args.allow_download)
+        backbone = model.config.backbone
         names = {c.value: c.name for c in model.classes}
-        for raster, out, indexes, probabilities, vector, finished in plans:
-            if finished:
-                print(f"{out}: already complete; --resume leaves it alone (pass --overwrite to redo it)")
+        for plan in plans:
+            if plan.finished:
+                print(f"{plan.out}: already complete; --resume leaves it alone (pass --overwrite to redo it)")
                 continue
             summary = predict_with_model(
-                model, raster, out, probabilities=probabilities or False, bands=args.file_bands, tile=tile,
-                overlap=overlap, batch_size=args.batch_size, device=device, overwrite=args.overwrite,
-                resume=args.resume, allow_no_crs=args.allow_no_crs,
+                model, plan.raster, plan.out, probabilities=plan.probabilities or False, bands=args.file_bands,
+                tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
+                overwrite=args.overwrite, resume=args.resume, allow_no_crs=args.allow_no_crs,
             )
             print(summary)
             if not args.no_preview:
-                rgb = _rgb_preview_bands(indexes, list(backbone.bands), backbone.sensor)
-                preview = write_preview(out, raster, rgb_bands=rgb, class_names=names,
+                rgb = _rgb_preview_bands(plan.indexes, list(backbone.bands), backbone.sensor)
+                preview = write_preview(plan.out, plan.raster, rgb_bands=rgb, class_names=names,
                                         colors={c.value: c.color for c in model.classes})
                 print(f"preview: {preview}")
-            if vector is not None:
-                frame = vectorize_classes(out, class_names=names, min_area=args.min_area, simplify=args.simplify)
-                print(f"vectors: {write_vectors(frame, vector, overwrite=args.overwrite or args.resume)} "
+            if plan.vector is not None:
+                frame = vectorize_classes(plan.out, class_names=names, min_area=args.min_area,
+                                          simplify=args.simplify)
+                print(f"vectors: {write_vectors(frame, plan.vector, overwrite=args.overwrite or args.resume)} "
                       f"({len(frame)} polygons)")
-    return 0
