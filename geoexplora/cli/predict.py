@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=int, help="window overlap in pixels (default 32, at most a quarter tile)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--reader-threads", type=int, default=1,
+                        help="threads reading windows in parallel, one file handle each (default 1)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--allow-no-crs", action="store_true", help="accept rasters without CRS (pixel coordinates)")
@@ -82,6 +84,8 @@ def _check_window(args: argparse.Namespace, patch_size: int) -> None:
         raise GeoExploraError(f"--overlap {args.overlap}: must be 0 or more pixels")
     if args.batch_size < 1:
         raise GeoExploraError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.reader_threads < 1:
+        raise GeoExploraError(f"--reader-threads {args.reader_threads}: must be at least 1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             summary = predict_with_model(
                 model, raster, out, probabilities=probabilities or False, bands=_names(args.bands), tile=tile,
                 overlap=overlap, batch_size=args.batch_size, device=device, overwrite=args.overwrite,
-                resume=args.resume, allow_no_crs=args.allow_no_crs,
+                resume=args.resume, allow_no_crs=args.allow_no_crs, reader_threads=args.reader_threads,
             )
             print(summary)
             if not args.no_preview:

@@ -275,8 +275,9 @@ def normalize_images(images: Tensor, invalid: Tensor, any_invalid: bool, normali
     return normalize(images).nan_to_num_(nan=0.0)
 
 
-def read_working_set(path: Path, tile: int) -> tuple[int, str]:
-    """Bytes of the input blocks GDAL decodes to read one ``tile`` px window, and the file's block layout.
+def read_working_set(path: Path, tile: int) -> tuple[int, str, int]:
+    """Bytes of the input blocks GDAL decodes to read one ``tile`` px window, the file's block layout, and the
+    bytes of the window itself.
 
     A tiled GeoTIFF with blocks of a few hundred px decodes at most 2 x 2 blocks; a striped (untiled) one
     decodes every strip the window crosses, each the raster's full width, and one with huge blocks decodes
@@ -288,21 +289,23 @@ def read_working_set(path: Path, tile: int) -> tuple[int, str]:
             block_h, block_w = src.block_shapes[0]
             pixel_interleaved = src.count > 1 and src.interleaving is not None and src.interleaving.name == "PIXEL"
             bands = src.count if pixel_interleaved else 1
-            block_bytes = block_h * block_w * np.dtype(src.dtypes[0]).itemsize * bands
+            itemsize = np.dtype(src.dtypes[0]).itemsize
+            block_bytes = block_h * block_w * itemsize * bands
+            window_bytes = tile * tile * itemsize * src.count
             width, height = src.width, src.height
     across = min(-(-tile // block_w) + 1, -(-width // block_w))
     down = min(-(-tile // block_h) + 1, -(-height // block_h))
     striped = block_w >= width and block_h < height
     layout = f"striped ({block_h}-row strips)" if striped else f"{block_w} x {block_h} px blocks"
-    return across * down * block_bytes, layout
+    return across * down * block_bytes, layout, window_bytes
 
 
 def warn_if_striped(path: Path, tile: int, threads: int) -> None:
     """One warning when the blocks decoded per window read (:func:`read_working_set`, times the reading threads)
-    exceed :data:`STRIP_WARN_BYTES`: the run still streams (GDAL's cache is capped at :data:`GDAL_CACHE_BYTES`)
+    exceed :data:`STRIP_WARN_BYTES` and four times the window's own bytes: the run still streams (GDAL's cache is capped at :data:`GDAL_CACHE_BYTES`)
     but every read holds them, and blocks shared by several windows may be decoded again."""
-    working_set, layout = read_working_set(path, tile)
-    if working_set * threads > STRIP_WARN_BYTES:
+    working_set, layout, window_bytes = read_working_set(path, tile)
+    if working_set * threads > STRIP_WARN_BYTES and working_set > 4 * window_bytes:
         logger.warning("%s: %s; GDAL decodes about %d MiB of blocks per window read (x %d reader threads); "
                        "retile it (gdal_translate -co TILED=YES) to read with less memory and time",
                        path, layout, -(-working_set // 2**20), threads)
