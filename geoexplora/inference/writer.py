@@ -45,6 +45,7 @@ COG_OPTIONS = {
     "OVERVIEWS": "AUTO",
     "OVERVIEW_RESAMPLING": "NEAREST",
     "BIGTIFF": "IF_SAFER",
+    "NUM_THREADS": "ALL_CPUS",  # GDAL compresses blocks in parallel and writes them in order: the same bytes
 }
 
 
