@@ -9,7 +9,8 @@ of one chunk (:class:`~geoexplora.inference.blending.ChunkBlender`, about
 :data:`~geoexplora.inference.memory.BLEND_CHUNK_BYTES`) plus the halo it carries down (``(4K + 5) * overlap``
 bytes per raster column), and up to ``queue_blocks + 2`` finished uint8 row blocks (``stride`` rows by the
 width, one byte per pixel and output band), plus the model and GDAL's block cache (capped at
-:data:`~geoexplora.inference.reader.GDAL_CACHE_BYTES`).
+:data:`~geoexplora.inference.reader.GDAL_CACHE_BYTES`, and at :data:`~geoexplora.inference.writer.COG_CACHE_BYTES`
+for the final COG copy). Freed buffers go back to the system (:mod:`~geoexplora.inference.heap`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from geoexplora.data.raster import inspect_raster
 from geoexplora.data.sources import as_input_path
 from geoexplora.errors import GeoExploraError
+from geoexplora.inference.heap import hold_mmap_threshold
 from geoexplora.inference.memory import chunk_columns
 from geoexplora.inference.reader import (
     GDAL_CACHE_BYTES, Batch, RasterSource, WindowReader, normalize_images, warn_if_striped,
@@ -221,6 +223,7 @@ def predict_raster(
         if isinstance(model, nn.Module):
             model.eval()
         warn_if_striped(raster, tile, reader_threads)
+        hold_mmap_threshold()
 
         rows_per_block = grid.stride if mode == "segmentation" else 1
         writer = BlockWriter(specs, rows_per_block, key, resume)
@@ -268,16 +271,24 @@ def check_raster(raster: Path, allow_no_crs: bool = False) -> SourceInfo:
     """
     if not raster.is_file():
         raise GeoExploraError(f"{raster}: no such raster file")
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # the last row of a wide raster is many blocks
+        return _check_raster(raster, allow_no_crs)
+
+
+def _check_raster(raster: Path, allow_no_crs: bool) -> SourceInfo:
     try:
-        inspect_raster(raster)
+        inspect_raster(raster)  # reads the last row of every band
+        last_row_read = True
     except GeoExploraError:
         if not (allow_no_crs and _lacks_crs(raster)):
             raise
+        last_row_read = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             with rasterio.open(raster) as src:
-                src.read(1, window=Window(0, src.height - 1, src.width, 1))
+                if not last_row_read:
+                    src.read(1, window=Window(0, src.height - 1, src.width, 1))
                 return SourceInfo(raster, src.width, src.height, src.count, src.crs, src.transform)
         except RasterioError as err:
             raise GeoExploraError(f"{raster}: not a readable raster ({str(err).splitlines()[0]})") from None

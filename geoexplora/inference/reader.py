@@ -42,7 +42,9 @@ from geoexplora.inference.windows import TileWindow, WindowGrid, pad_window
 
 logger = logging.getLogger(__name__)
 
-GDAL_CACHE_BYTES = 256 * 1024 * 1024  # GDAL's block cache, else 5 % of the machine's RAM
+# GDAL's block cache (else 5 % of the machine's RAM): two rows of 512 px blocks of a 4-band uint16 raster
+# 6,500 px wide; wider rasters decode a block again for each window row it serves, in the same memory.
+GDAL_CACHE_BYTES = 128 * 1024 * 1024
 STRIP_WARN_BYTES = 64 * 1024 * 1024  # a block row of the input larger than this is said to cost memory
 
 
@@ -302,7 +304,8 @@ def read_working_set(path: Path, tile: int) -> tuple[int, str, int]:
 
 def warn_if_striped(path: Path, tile: int, threads: int) -> None:
     """One warning when the blocks decoded per window read (:func:`read_working_set`, times the reading threads)
-    exceed :data:`STRIP_WARN_BYTES` and four times the window's own bytes: the run still streams (GDAL's cache is capped at :data:`GDAL_CACHE_BYTES`)
+    exceed :data:`STRIP_WARN_BYTES` and four times the window's own bytes: the run still streams (GDAL's
+    cache is capped at :data:`GDAL_CACHE_BYTES`)
     but every read holds them, and blocks shared by several windows may be decoded again."""
     working_set, layout, window_bytes = read_working_set(path, tile)
     if working_set * threads > STRIP_WARN_BYTES and working_set > 4 * window_bytes:

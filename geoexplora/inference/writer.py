@@ -45,8 +45,10 @@ COG_OPTIONS = {
     "OVERVIEWS": "AUTO",
     "OVERVIEW_RESAMPLING": "NEAREST",
     "BIGTIFF": "IF_SAFER",
-    "NUM_THREADS": "ALL_CPUS",  # GDAL compresses blocks in parallel and writes them in order: the same bytes
 }
+# GDAL's block cache during the COG copy: its overview pass fills whatever it is given (about 500 MiB more at
+# 40,000^2 with 256 MiB than with this, at the same speed).
+COG_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,9 @@ class BlockWriter:
         is complete (no state).
         """
         cogs = [partial_path(spec.path, ".cog.tif") for spec in self.outputs]
-        for spec, cog in zip(self.outputs, cogs, strict=True):
-            rasterio.shutil.copy(spec.partial, cog, driver="COG", **COG_OPTIONS)
+        with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
+            for spec, cog in zip(self.outputs, cogs, strict=True):
+                rasterio.shutil.copy(spec.partial, cog, driver="COG", **COG_OPTIONS)
         for spec, cog in zip(self.outputs, cogs, strict=True):
             os.replace(cog, spec.path)
         self.state_path.unlink()
