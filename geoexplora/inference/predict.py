@@ -236,20 +236,19 @@ def predict_raster(
         sink = SegmentationRows(grid, values, dtype, nodata, with_probs, chunk, device, first_row=done) \
             if mode == "segmentation" else ClassificationRows(grid, values, dtype, nodata, with_probs)
         # On the CPU the reading threads are the spare cores: they normalise; elsewhere the device does.
-        in_reader = normalize if device.type == "cpu" else None
+        in_reader, on_device = (normalize, None) if device.type == "cpu" else (None, normalize)
         reader = WindowReader(RasterSource(raster, grid, band_indexes), batch_size=batch_size, normalize=in_reader,
                               start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
                               pin_memory=device.type == "cuda", threads=reader_threads)
         todo = len(grid) - first_row * grid.cols
         windows_with_data = 0
-        # One cap on GDAL's block cache for the whole call, the COG copy included (GDAL's default is 5% of RAM,
-        # which a large output would fill).
+        # One cap on GDAL's block cache for reading and writing (GDAL's default is 5% of RAM, which a large
+        # raster would fill); the COG copy has its own, smaller one.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), writer.discarded_on_error():
             with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=None if progress else True) as bar:
                 for batch in reader:
                     invalid = torch.from_numpy(batch.invalid).to(device, non_blocking=True)
-                    probs = _forward(model, normalize if in_reader is None else None, batch, invalid, device, mode, num_classes,
-                                     grid.tile)
+                    probs = _forward(model, on_device, batch, invalid, device, mode, num_classes, grid.tile)
                     windows_with_data += len(batch.has_data)
                     for row, row_start, block in sink.add_batch(batch, probs, invalid, first_row):
                         writer.put(row, row_start, block)
