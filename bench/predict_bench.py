@@ -386,7 +386,8 @@ def flat_memory_table(args: argparse.Namespace) -> list[str]:
     floor = measure(args, "imports", Path(os.devnull))["peak_rss_mb"]
     lines = [f"## (f) peak RSS of predict_raster by raster shape ({args.device})", "",
              f"Imports only (torch, rasterio, geoexplora.inference): **{floor:.0f} MiB**. {before} at the start.", "",
-             "| raster | Mpx | model | s | blend buffer MiB | peak RSS MiB | / first row |", "|---|---|---|---|---|---|---|"]
+             "| raster | Mpx | model | s | blend buffer MiB | peak RSS MiB | / first row |",
+             "|---|---|---|---|---|---|---|"]
     for model in models:
         first = None
         for width, height in sizes:

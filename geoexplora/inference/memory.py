@@ -4,8 +4,9 @@ The engine's buffers (see :mod:`geoexplora.inference.predict`) grow with the til
 batches (B, C, tile, tile) float32 plus their masks, the blend buffer of one chunk of window columns
 (:func:`chunk_columns`, about :data:`BLEND_CHUNK_BYTES`) plus the halo it carries down,
 ``(4K + 5) * overlap * Wp`` bytes (Wp the padded raster width), finished uint8 row blocks (``stride`` x
-width, one byte per pixel and band: K + 1 with probabilities), and the ViT's activations, about ``B * 8 * N * D`` float32 for N = (tile / patch)² tokens of width D (attention
-and MLP intermediates of one block). A tile that would need more than the available memory is refused
+width, one byte per pixel and band: K + 1 with probabilities), and the ViT's activations, about
+``B * 8 * N * D`` float32 for N = (tile / patch)² tokens of width D (attention and MLP intermediates of one
+block). A tile that would need more than the available memory is refused
 with one line instead of failing inside numpy or torch after the model loaded.
 """
 

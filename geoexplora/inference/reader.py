@@ -110,7 +110,8 @@ class _RasterHandle:
         self.direct = all(np.can_cast(np.dtype(src.dtypes[b - 1]), np.float32) for b in bands)
         self.dtype = np.dtype(np.float32) if self.direct else dtype
         nodata = src.nodata
-        self.nodata = None if nodata is None or np.isnan(nodata) else np.asarray(nodata).astype(dtype).astype(self.dtype)
+        self.nodata = None if nodata is None or np.isnan(nodata) \
+            else np.asarray(nodata).astype(dtype).astype(self.dtype)
 
     def __call__(self, window: TileWindow, out: np.ndarray) -> np.ndarray | None:
         full = window.width == self.tile and window.height == self.tile
@@ -269,7 +270,8 @@ class WindowReader:
         return Batch(windows, invalid, has_data, images, any_invalid)
 
 
-def normalize_images(images: Tensor, invalid: Tensor, any_invalid: bool, normalize: Callable[[Tensor], Tensor]) -> Tensor:
+def normalize_images(images: Tensor, invalid: Tensor, any_invalid: bool,
+                     normalize: Callable[[Tensor], Tensor]) -> Tensor:
     """``normalize`` of float32 (n, C, tile, tile) ``images`` with NaN at ``invalid`` (bool (n, tile, tile)) pixels,
     then NaN -> 0 (and infinities -> the float32 extremes); ``any_invalid`` False skips the masking pass."""
     if any_invalid:
