@@ -7,12 +7,20 @@ Prints a Markdown table and writes it to ``--out`` (default ``bench/predict_benc
 (b) peak RSS of ``predict_raster`` on synthetic 4-band rasters of each ``--rss-sizes`` side;
 (c) on the ``--size`` raster: this engine vs a full-scene accumulator (float64 ``sum``/``weight``
     arrays over the whole scene, as geoai's ``predict_geotiff``) vs torchgeo's GridGeoSampler +
-    DataLoader loop stitched in memory: wall time and peak RSS, and their ratios to the engine.
+    DataLoader loop stitched in memory: wall time and peak RSS, and their ratios to the engine;
+(e) the pipeline's ceiling: ``predict_raster`` with a null model (``x[:, :K] * 0``) end to end on the
+    ``--ceiling-size`` raster against plain single-thread rasterio reads of the same windows, with 1 and 2
+    reader threads (``--repeats`` interleaved rounds, median);
+(f) peak RSS of ``predict_raster`` on each ``--flat-sizes`` raster (``WxH``), with the null model and with
+    ``--model``, beside the RSS of a process that only imported torch and geoexplora.
 
-Every measurement runs in its own subprocess (``--worker``) so peak RSS is that run's alone.
+Every measurement runs in its own subprocess (``--worker``) so peak RSS is that run's alone. The machine may
+be shared: ratios are measured in one run and the load average is printed with each table.
 
-    python bench/predict_bench.py --size 2000 --rss-sizes 1000,2000     # quick check
-    python bench/predict_bench.py --size 10000 --rss-sizes 10000,40000  # the real run
+    python bench/predict_bench.py --size 2000 --rss-sizes 1000,2000 --skip e,f   # quick check
+    python bench/predict_bench.py --size 10000 --rss-sizes 10000,40000 --skip e,f  # (a)-(c)
+    python bench/predict_bench.py --skip a,b,c,f                                   # the ceiling, ~2 min
+    python bench/predict_bench.py --skip a,b,c,e --flat-models null                # flat memory, null model
 
 ``--model small-conv`` (default) is a 3-layer convolution net; ``--model vit-s`` is geoexplora's ViT-S/14
 segmentation model (random init: speed and memory do not depend on the weights).
@@ -23,7 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,12 +83,25 @@ def vit_small_segmenter(in_channels: int, num_classes: int, tile: int) -> nn.Mod
     return SupervisedModel(backbone, head, [-1]).eval()
 
 
+class NullModel(nn.Module):
+    """The pipeline's ceiling: logits ``x[:, :K] * 0`` (all classes equal), no compute to speak of."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, : self.num_classes] * 0
+
+
 def build_model(spec: str, device: str, num_classes: int, tile: int) -> tuple[nn.Module, int, int]:
+    if spec == "null":
+        return NullModel(num_classes), num_classes, tile
     if spec == "small-conv":
         return small_conv(BANDS, num_classes).to(device), num_classes, tile
     if spec == "vit-s":
         return vit_small_segmenter(BANDS, num_classes, tile).to(device), num_classes, tile
-    raise SystemExit(f"--model {spec}: use small-conv or vit-s")
+    raise SystemExit(f"--model {spec}: use small-conv, vit-s or null")
 
 
 def normalize(x: Tensor) -> Tensor:
@@ -109,6 +132,29 @@ def make_raster(path: Path, size: int) -> Path:
     return path
 
 
+def make_flat_raster(path: Path, width: int, height: int) -> Path:
+    """A width x height 4-band uint16 DEFLATE GeoTIFF in 512 px tiles, each tile one value per band (never nodata):
+    it compresses and decodes fast, so the 1.6 Gpx raster of the memory table is written in well under a minute."""
+    if path.exists():
+        return path
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": BANDS, "dtype": "uint16", "nodata": 0,
+        "crs": "EPSG:32633", "transform": from_origin(500_000, 5_100_000, 10, 10), "tiled": True,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "bigtiff": "yes",
+    }
+    partial = path.with_suffix(".partial.tif")
+    block = np.empty((BANDS, 512, 512), dtype=np.uint16)
+    with rasterio.open(partial, "w", **profile) as dst:
+        for top in range(0, height, 512):
+            for left in range(0, width, 512):
+                h, w = min(512, height - top), min(512, width - left)
+                for b in range(BANDS):
+                    block[b] = 1000 + (top // 512 * 7 + left // 512 * 13 + 100 * b) % 5000
+                dst.write(block[:, :h, :w], window=Window(left, top, w, h))
+    partial.rename(path)
+    return path
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -118,8 +164,24 @@ def run_engine(args: argparse.Namespace, raster: Path, out: Path) -> dict:
     start = time.perf_counter()
     summary = predict_raster(raster, out, model, num_classes=k, tile=tile, overlap=args.overlap,
                              batch_size=args.batch_size, device=args.device, normalize=normalize,
-                             overwrite=True, progress=False)
-    return {"seconds": time.perf_counter() - start, "windows": summary.total_windows}
+                             overwrite=True, progress=False, reader_threads=args.reader_threads)
+    return {"seconds": time.perf_counter() - start, "windows": summary.total_windows,
+            "buffer_mb": summary.buffer_bytes / 2**20}
+
+
+def run_raw_read(args: argparse.Namespace, raster: Path, out: Path) -> dict:
+    """Plain rasterio reads of the grid's windows (all bands, native dtype), one thread, one handle."""
+    with rasterio.open(raster) as src:
+        grid = WindowGrid(src.width, src.height, args.tile, args.overlap)
+        start = time.perf_counter()
+        for window in grid.windows():
+            src.read(window=window.read_window)
+    return {"seconds": time.perf_counter() - start, "windows": len(grid)}
+
+
+def run_imports(args: argparse.Namespace, raster: Path, out: Path) -> dict:
+    """Nothing but the imports every worker has (torch, rasterio, geoexplora.inference): the RSS floor."""
+    return {"seconds": 0.0, "windows": 0}
 
 
 def run_model_only(args: argparse.Namespace, raster: Path, out: Path) -> dict:
@@ -201,14 +263,16 @@ def write_class_map(out: Path, profile: dict, classes: np.ndarray) -> None:
         dst.write(classes, 1)
 
 
-WORKERS = {"engine": run_engine, "model": run_model_only, "accumulator": run_accumulator, "torchgeo": run_torchgeo}
+WORKERS = {"engine": run_engine, "model": run_model_only, "accumulator": run_accumulator, "torchgeo": run_torchgeo,
+           "raw": run_raw_read, "imports": run_imports}
 
 
-def measure(args: argparse.Namespace, worker: str, raster: Path) -> dict:
+def measure(args: argparse.Namespace, worker: str, raster: Path, model: str | None = None, threads: int = 1) -> dict:
     """Run ``worker`` on ``raster`` in a fresh interpreter; returns its JSON (seconds, windows, peak_rss_mb)."""
-    command = [sys.executable, __file__, "--worker", worker, "--raster", str(raster), "--model", args.model,
+    command = [sys.executable, __file__, "--worker", worker, "--raster", str(raster), "--model", model or args.model,
                "--device", args.device, "--tile", str(args.tile), "--overlap", str(args.overlap),
-               "--batch-size", str(args.batch_size), "--classes", str(args.classes), "--workdir", str(args.workdir)]
+               "--batch-size", str(args.batch_size), "--classes", str(args.classes), "--workdir", str(args.workdir),
+               "--reader-threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker {worker} failed:\n{done.stderr[-3000:]}")
@@ -227,7 +291,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "geoexplora-bench",
                         help="synthetic rasters and outputs (outside the repo)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    parser.add_argument("--ceiling-size", type=int, default=4000, help="side (px) of the raster for (e)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (e); the median is reported")
+    parser.add_argument("--flat-sizes", default="10000x10000,40000x40000,100000x2000",
+                        help="comma-separated WxH rasters for (f)")
+    parser.add_argument("--flat-models", default="null,small-conv", help="models for (f)")
+    parser.add_argument("--reader-threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,e,f")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "predict_bench.md", help="result table file")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--raster", type=Path, help=argparse.SUPPRESS)
@@ -244,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
              f"batch {args.batch_size}, {args.classes} classes, {BANDS}-band uint16 synthetic rasters)", "",
              f"Command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}` "
              f"({torch.get_num_threads()} torch threads, {time.strftime('%Y-%m-%d')})", ""]
-    raster = make_raster(args.workdir / f"synthetic_{args.size}.tif", args.size)
+    raster = None if {"a", "c"} <= skip else make_raster(args.workdir / f"synthetic_{args.size}.tif", args.size)
     mpx = args.size**2 / 1e6
     if "a" not in skip:
         engine, model_only = measure(args, "engine", raster), measure(args, "model", raster)
@@ -270,9 +340,63 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {labels[name]} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
                          f"{r['seconds'] / base['seconds']:.2f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |")
         lines.append("")
+    if "e" not in skip:
+        lines += ceiling_table(args)
+    if "f" not in skip:
+        lines += flat_memory_table(args)
     table = "\n".join(lines)
     print(table)
     args.out.write_text(table + "\n")
+
+
+def load() -> str:
+    """The 1-minute load average and the cores: how busy the machine was."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def ceiling_table(args: argparse.Namespace) -> list[str]:
+    """(e): null-model predict_raster with 1 and 2 reader threads against single-thread raw reads, interleaved."""
+    size = args.ceiling_size
+    raster = make_raster(args.workdir / f"synthetic_{size}.tif", size)
+    runs = {"raw": [], "engine1": [], "engine2": []}
+    before = load()
+    for _ in range(args.repeats):
+        runs["raw"].append(measure(args, "raw", raster)["seconds"])
+        runs["engine1"].append(measure(args, "engine", raster, model="null", threads=1)["seconds"])
+        runs["engine2"].append(measure(args, "engine", raster, model="null", threads=2)["seconds"])
+    mpx = size**2 / 1e6
+    raw = mpx / statistics.median(runs["raw"])
+    lines = [f"## (e) pipeline ceiling: null model on {size} x {size} x {BANDS} uint16 DEFLATE (512 px tiles)", "",
+             f"{load()} at the end ({before} at the start); median of {args.repeats} interleaved rounds, each run "
+             "a fresh process; predict_raster's time includes its checks and the COG copy.", "",
+             "| run | s (median) | Mpx/s | / raw read |", "|---|---|---|---|"]
+    labels = {"raw": "rasterio windowed read, 1 thread", "engine1": "predict_raster, null model, 1 reader thread",
+              "engine2": "predict_raster, null model, 2 reader threads"}
+    for name, seconds in runs.items():
+        median = statistics.median(seconds)
+        lines.append(f"| {labels[name]} | {median:.2f} | {mpx / median:.1f} | {mpx / median / raw:.2f} |")
+    return [*lines, ""]
+
+
+def flat_memory_table(args: argparse.Namespace) -> list[str]:
+    """(f): peak RSS per raster shape and model, beside the imports-only RSS."""
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.flat_sizes.split(",")]
+    models = args.flat_models.split(",")
+    before = load()
+    floor = measure(args, "imports", Path(os.devnull))["peak_rss_mb"]
+    lines = [f"## (f) peak RSS of predict_raster by raster shape ({args.device})", "",
+             f"Imports only (torch, rasterio, geoexplora.inference): **{floor:.0f} MiB**. {before} at the start.", "",
+             "| raster | Mpx | model | s | blend buffer MiB | peak RSS MiB | / first row |",
+             "|---|---|---|---|---|---|---|"]
+    for model in models:
+        first = None
+        for width, height in sizes:
+            raster = make_flat_raster(args.workdir / f"flat_{width}x{height}.tif", width, height)
+            r = measure(args, "engine", raster, model=model)
+            first = first or r["peak_rss_mb"]
+            lines.append(f"| {width} x {height} | {width * height / 1e6:.0f} | {model} | {r['seconds']:.1f} | "
+                         f"{r['buffer_mb']:.1f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / first:.2f} |")
+    return [*lines, "", f"{load()} at the end.", ""]
 
 
 if __name__ == "__main__":

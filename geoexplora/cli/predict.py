@@ -45,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="spread several rasters over N worker processes: one per GPU, or N CPU processes "
                              "(default 1)")
+    parser.add_argument("--reader-threads", type=int, default=1,
+                        help="threads reading windows in parallel, one file handle each (default 1)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--allow-no-crs", action="store_true", help="accept rasters without CRS (pixel coordinates)")
@@ -92,6 +94,8 @@ def _check_window(args: argparse.Namespace, patch_size: int) -> None:
         raise GeoExploraError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.devices < 1:
         raise GeoExploraError(f"--devices {args.devices}: must be at least 1")
+    if args.reader_threads < 1:
+        raise GeoExploraError(f"--reader-threads {args.reader_threads}: must be at least 1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +190,7 @@ def predict_plans(args: argparse.Namespace, plans: list[RasterPlan], device: str
                 model, plan.raster, plan.out, probabilities=plan.probabilities or False, bands=args.file_bands,
                 tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
                 overwrite=args.overwrite, resume=args.resume, allow_no_crs=args.allow_no_crs,
+                reader_threads=args.reader_threads,
             )
             print(summary)
             if not args.no_preview:

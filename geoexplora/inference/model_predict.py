@@ -74,6 +74,7 @@ def predict_with_model(
     resume: bool = False,
     allow_no_crs: bool = False,
     progress: bool = True,
+    reader_threads: int = 1,
 ) -> PredictSummary:
     """Predict ``raster`` into the class map ``out`` (COG) with ``model``; see :func:`predict_raster`.
 
@@ -83,6 +84,7 @@ def predict_with_model(
         bands: names of all the file's bands when its descriptions differ from the checkpoint's band names.
         tile: window side (default: the window size the model was trained on); overlap: default
             ``min(32, tile // 4)``.
+        reader_threads: threads reading windows (outputs do not depend on it).
 
     The class map stores the classes' label values with a colour table and class names; every output is
     tagged with the checkpoint's sha256, the geoexplora version, the tile and the overlap.
@@ -101,5 +103,5 @@ def predict_with_model(
         mode="segmentation" if model.task.kind == "segmentation" else "classification",
         probabilities=None if probs is None else Path(probs), overwrite=overwrite, resume=resume,
         progress=progress, allow_no_crs=allow_no_crs, classes=model.classes,
-        tags={"checkpoint_sha256": model.sha256},
+        tags={"checkpoint_sha256": model.sha256}, reader_threads=reader_threads,
     )

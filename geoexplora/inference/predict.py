@@ -1,11 +1,16 @@
 """The tiled-inference engine: a whole raster through a model, streamed, into a georeferenced COG.
 
-Memory is bounded by the raster's width, never its height: at most ``prefetch + 1`` input batches
-(B, C, tile, tile) float32 are held by the reader, one window row of the rolling blend buffer
-(:class:`~geoexplora.inference.blending.RowBlender`, ``(4K + 5) * tile * Wp`` bytes, Wp the padded
-width), the outputs of the row being finished (K float32 + 1 int64 per pixel of ``stride`` x W) and up
-to ``queue_blocks`` encoded blocks waiting for the writer, plus the model and GDAL's block cache
-(capped at :data:`~geoexplora.inference.reader.GDAL_CACHE_BYTES`).
+Reading runs in ``reader_threads`` threads (:class:`~geoexplora.inference.reader.WindowReader`), the model,
+normalisation, blending, argmax and quantisation on the model's device
+(:mod:`~geoexplora.inference.rows`), and DEFLATE encoding and writing in the writer's thread
+(:class:`~geoexplora.inference.writer.BlockWriter`). Memory is bounded by a chunk of window columns, not by
+the raster: at most ``prefetch + reader_threads`` input batches (B, C, tile, tile) float32, the blend buffer
+of one chunk (:class:`~geoexplora.inference.blending.ChunkBlender`, about
+:data:`~geoexplora.inference.memory.BLEND_CHUNK_BYTES`) plus the halo it carries down (``(4K + 5) * overlap``
+bytes per raster column), and up to ``queue_blocks + 2`` finished uint8 row blocks (``stride`` rows by the
+width, one byte per pixel and output band), plus the model and GDAL's block cache (capped at
+:data:`~geoexplora.inference.reader.GDAL_CACHE_BYTES`, and at :data:`~geoexplora.inference.writer.COG_CACHE_BYTES`
+for the final COG copy). Freed buffers go back to the system (:mod:`~geoexplora.inference.heap`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import resource
 import time
 import warnings
@@ -34,9 +38,13 @@ from tqdm.auto import tqdm
 from geoexplora.data.raster import inspect_raster
 from geoexplora.data.sources import as_input_path
 from geoexplora.errors import GeoExploraError
-from geoexplora.inference.blending import RowBlender
-from geoexplora.inference.reader import GDAL_CACHE_BYTES, Batch, WindowReader
-from geoexplora.inference.windows import TileWindow, WindowGrid
+from geoexplora.inference.heap import hold_mmap_threshold
+from geoexplora.inference.memory import chunk_columns
+from geoexplora.inference.reader import (
+    GDAL_CACHE_BYTES, Batch, RasterSource, WindowReader, normalize_images, warn_if_striped,
+)
+from geoexplora.inference.rows import PROBABILITY_NODATA, PROBABILITY_SCALE, ClassificationRows, SegmentationRows
+from geoexplora.inference.windows import WindowGrid
 from geoexplora.inference.writer import BlockWriter, OutputSpec, partial_path
 from geoexplora.outputs import OutputLock, folder_is_writable
 
@@ -46,8 +54,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Mode = Literal["segmentation", "classification"]
-PROBABILITY_SCALE = 254  # probabilities are written as uint8 round(p * 254); 255 is nodata
-PROBABILITY_NODATA = 255
 
 
 @dataclass(frozen=True)
@@ -126,13 +132,16 @@ def predict_raster(
     prefetch: int = 2,
     classes: Sequence[ClassInfo] | None = None,
     tags: Mapping[str, str] | None = None,
+    reader_threads: int = 1,
+    chunk_windows: int | None = None,
 ) -> PredictSummary:
     """Run ``model`` over every window of ``raster`` and write the class map to ``out`` as a COG.
 
-    Windows of ``tile`` px overlapping by ``overlap`` px are read in a background thread, padded by
-    reflection at the right/bottom edges, normalised, batched and run under ``torch.inference_mode()``.
-    Segmentation: softmax probabilities are blended with a Hann taper over the overlaps, one window
-    row at a time, and each finished row block is written by a background thread; the class map is
+    Windows of ``tile`` px overlapping by ``overlap`` px are read by ``reader_threads`` background threads,
+    padded by reflection at the right/bottom edges, batched, normalised on ``device`` and run under
+    ``torch.inference_mode()``. Segmentation: softmax probabilities are blended on ``device`` with a Hann
+    taper over the overlaps, one window row at a time in chunks of ``chunk_windows`` window columns, and each
+    finished row block is written by a background thread; the class map is
     uint8 (uint16 when K > 254) with nodata 255 (65535) wherever any read band is the file's nodata
     or NaN. Classification: one class per window, written as a raster of ``rows x cols`` windows whose
     transform is the input's scaled by the stride (pixel (i, j) is the window with origin
@@ -168,11 +177,15 @@ def predict_raster(
             bands are described by class name.
         tags: extra provenance metadata for every output (e.g. the checkpoint's sha256); the geoexplora
             version, mode, tile and overlap are always written.
+        reader_threads: threads reading windows, each with its own dataset handle (GDAL decodes in parallel).
+        chunk_windows: window columns blended per chunk (default: as many as fit
+            :data:`~geoexplora.inference.memory.BLEND_CHUNK_BYTES`). Outputs do not depend on it, nor on
+            ``reader_threads``.
 
     Raises:
         GeoExploraError: before any work, for a missing/unreadable/truncated raster, a raster without
             CRS (unless ``allow_no_crs``), too few bands, a missing or read-only output folder, an
-            existing output (unless ``overwrite`` or ``resume``), bad tile/overlap/classes; during the
+            existing output (unless ``overwrite`` or ``resume``), bad tile/overlap/classes/reader threads; during the
             run, for model outputs of the wrong shape.
     """
     started = time.perf_counter()
@@ -184,6 +197,8 @@ def predict_raster(
         raise GeoExploraError(f"mode {mode!r}: use 'segmentation' or 'classification'")
     if batch_size < 1:
         raise GeoExploraError(f"batch size {batch_size}: must be at least 1")
+    if reader_threads < 1:
+        raise GeoExploraError(f"reader threads {reader_threads}: must be at least 1")
     if classes is not None and len(classes) != num_classes:
         raise GeoExploraError(f"{len(classes)} classes described for a model with {num_classes} classes")
     values = [c.value for c in classes] if classes is not None else list(range(num_classes))
@@ -202,42 +217,41 @@ def predict_raster(
                                   time.perf_counter() - started, 0.0, 0)
         specs = describe_outputs(output_specs(source, grid, mode, paths, num_classes, dtype, nodata), classes,
                                  {**(tags or {}), "mode": mode, "tile": str(tile), "overlap": str(overlap)})
-        lut = value_table(values, dtype, nodata)
         key = params_key(source, model, normalize, band_indexes, tile, overlap, batch_size, mode, num_classes,
                          nodata, paths, allow_no_crs, values)
         if isinstance(model, nn.Module):
             model.eval()
+        warn_if_striped(raster, tile, reader_threads)
+        hold_mmap_threshold()
 
         rows_per_block = grid.stride if mode == "segmentation" else 1
         writer = BlockWriter(specs, rows_per_block, key, resume)
         done = writer.blocks_done
         # Segmentation re-blends the last written window row: it holds the overlap carried into the next.
         first_row = max(done - 1, 0) if mode == "segmentation" else done
-        sink = _SegmentationRows(grid, num_classes, dtype, nodata, probabilities is not None) if mode == "segmentation" \
-            else _ClassificationRows(grid, num_classes, dtype, nodata, probabilities is not None)
         device = torch.device(device)
-        reader = WindowReader(raster, grid, band_indexes, batch_size, None,
+        with_probs = probabilities is not None
+        chunk = chunk_windows if chunk_windows is not None else chunk_columns(grid, num_classes)
+        sink = SegmentationRows(grid, values, dtype, nodata, with_probs, chunk, device, first_row=done) \
+            if mode == "segmentation" else ClassificationRows(grid, values, dtype, nodata, with_probs)
+        # On the CPU the reading threads are the spare cores: they normalise; elsewhere the device does.
+        in_reader, on_device = (normalize, None) if device.type == "cpu" else (None, normalize)
+        reader = WindowReader(RasterSource(raster, grid, band_indexes), batch_size=batch_size, normalize=in_reader,
                               start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
-                              pin_memory=device.type == "cuda")
+                              pin_memory=device.type == "cuda", threads=reader_threads)
         todo = len(grid) - first_row * grid.cols
         windows_with_data = 0
-        # One cap on GDAL's block cache for the whole call, the COG copy included (GDAL's default is 5% of RAM,
-        # which a large output would fill).
+        # One cap on GDAL's block cache for reading and writing (GDAL's default is 5% of RAM, which a large
+        # raster would fill); the COG copy has its own, smaller one.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), writer.discarded_on_error():
             with writer, reader, torch.inference_mode(), tqdm(total=todo, unit="win", disable=None if progress else True) as bar:
                 for batch in reader:
-                    probs = _forward(model, normalize, batch, device, mode, num_classes, grid.tile)
+                    invalid = torch.from_numpy(batch.invalid).to(device, non_blocking=True)
+                    probs = _forward(model, on_device, batch, invalid, device, mode, num_classes, grid.tile)
                     windows_with_data += len(batch.has_data)
-                    by_window = dict(zip(batch.has_data, probs, strict=True))
-                    for i, window in enumerate(batch.windows):
-                        if window.row < first_row:
-                            continue
-                        sink.add(window, by_window.get(i), batch.invalid[i])
-                        bar.update(1)
-                        if window.col == grid.cols - 1:
-                            row_start, block = sink.finish_row(window.row)
-                            if window.row >= done:
-                                writer.put(window.row, row_start, [lut[block[0]], *block[1:]])
+                    for row, row_start, block in sink.add_batch(batch, probs, invalid, first_row):
+                        writer.put(row, row_start, block)
+                    bar.update(sum(w.row >= first_row for w in batch.windows))
             writer.finish()
         if windows_with_data == 0 and done == 0:
             logger.warning("%s: every pixel is nodata or NaN; %s is all nodata", raster, out)
@@ -255,16 +269,24 @@ def check_raster(raster: Path, allow_no_crs: bool = False) -> SourceInfo:
     """
     if not raster.is_file():
         raise GeoExploraError(f"{raster}: no such raster file")
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):  # the last row of a wide raster is many blocks
+        return _check_raster(raster, allow_no_crs)
+
+
+def _check_raster(raster: Path, allow_no_crs: bool) -> SourceInfo:
     try:
-        inspect_raster(raster)
+        inspect_raster(raster)  # reads the last row of every band
+        last_row_read = True
     except GeoExploraError:
         if not (allow_no_crs and _lacks_crs(raster)):
             raise
+        last_row_read = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             with rasterio.open(raster) as src:
-                src.read(1, window=Window(0, src.height - 1, src.width, 1))
+                if not last_row_read:
+                    src.read(1, window=Window(0, src.height - 1, src.width, 1))
                 return SourceInfo(raster, src.width, src.height, src.count, src.crs, src.transform)
         except RasterioError as err:
             raise GeoExploraError(f"{raster}: not a readable raster ({str(err).splitlines()[0]})") from None
@@ -362,13 +384,6 @@ def describe_outputs(specs: list[OutputSpec], classes: Sequence[ClassInfo] | Non
     return [class_map, *probabilities]
 
 
-def value_table(values: Sequence[int], dtype: str, nodata: int) -> np.ndarray:
-    """Look-up table: class index i -> ``values[i]``, nodata -> nodata (indexed by the encoded class map)."""
-    table = np.arange(nodata + 1, dtype=dtype)
-    table[: len(values)] = values
-    return table
-
-
 def params_key(source: SourceInfo, model: object, normalize: object, *params: object) -> str:
     """sha256 of the input file's identity, the parameters, and the weights of ``nn.Module`` model/normaliser."""
     stat = source.path.stat()
@@ -384,75 +399,23 @@ def params_key(source: SourceInfo, model: object, normalize: object, *params: ob
 
 
 def _forward(model: Callable[[Tensor], Tensor], normalize: Callable[[Tensor], Tensor] | None, batch: Batch,
-             device: torch.device, mode: Mode, num_classes: int, tile: int) -> np.ndarray:
-    """float32 softmax probabilities of the batch's windows with data: (n, K, tile, tile) or (n, K).
+             invalid: Tensor, device: torch.device, mode: Mode, num_classes: int, tile: int) -> Tensor:
+    """float32 softmax probabilities on ``device`` of the batch's windows with data: (n, K, tile, tile) or (n, K).
 
-    The batch is normalised on ``device``, after the transfer, with NaN at its invalid pixels.
+    The batch is normalised (``normalize`` not None) on ``device``, after the transfer, with NaN at its invalid
+    pixels (``invalid`` bool (len(batch.windows), tile, tile) on ``device``).
     """
     n = len(batch.has_data)
     expected = (n, num_classes, tile, tile) if mode == "segmentation" else (n, num_classes)
     if n == 0:
-        return np.empty(expected, dtype=np.float32)
+        return torch.empty(expected, dtype=torch.float32, device=device)
     images = batch.images.to(device, non_blocking=True)
     if normalize is not None:
-        invalid = torch.from_numpy(batch.invalid[batch.has_data]).to(device)
-        images = torch.nan_to_num(normalize(images.masked_fill(invalid[:, None], float("nan"))), nan=0.0)
+        rows = invalid if n == len(batch.windows) else invalid[torch.tensor(batch.has_data, device=device)]
+        images = normalize_images(images, rows, batch.any_invalid, normalize)
     logits = model(images)
     if tuple(logits.shape) != expected:
         raise GeoExploraError(
             f"model output has shape {tuple(logits.shape)}; {mode} with {num_classes} classes needs {expected}"
         )
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
-
-
-class _SegmentationRows:
-    """Blends window rows (:class:`RowBlender`) and encodes finished rows for the writer."""
-
-    def __init__(self, grid: WindowGrid, num_classes: int, dtype: str, nodata: int, probabilities: bool) -> None:
-        self.grid, self.dtype, self.nodata, self.probabilities = grid, dtype, nodata, probabilities
-        self.blender = RowBlender(grid, num_classes)
-
-    @property
-    def buffer_bytes(self) -> int:
-        return self.blender.nbytes
-
-    def add(self, window: TileWindow, probs: np.ndarray | None, invalid: np.ndarray) -> None:
-        self.blender.add(window, probs, invalid)
-
-    def finish_row(self, row: int) -> tuple[int, list[np.ndarray]]:
-        """(first raster row, [class map (1, n, W), probabilities (K, n, W) uint8 when asked])."""
-        classes, invalid, probs = self.blender.finish_row(row, self.probabilities)
-        class_map = classes.astype(self.dtype)
-        class_map[invalid] = self.nodata
-        block = [class_map[None]]
-        if probs is not None:
-            encoded = np.rint(probs * PROBABILITY_SCALE).astype(np.uint8)
-            encoded[:, invalid] = PROBABILITY_NODATA
-            block.append(encoded)
-        return self.grid.output_rows(row)[0], block
-
-
-class _ClassificationRows:
-    """Collects one class (and K probabilities) per window of a row; windows without data are nodata."""
-
-    buffer_bytes = 0
-
-    def __init__(self, grid: WindowGrid, num_classes: int, dtype: str, nodata: int, probabilities: bool) -> None:
-        self.nodata = nodata
-        self.classes = np.full((1, 1, grid.cols), nodata, dtype=dtype)
-        self.probs = np.full((num_classes, 1, grid.cols), PROBABILITY_NODATA, np.uint8) if probabilities else None
-
-    def add(self, window: TileWindow, probs: np.ndarray | None, invalid: np.ndarray) -> None:
-        if probs is None:
-            return
-        self.classes[0, 0, window.col] = probs.argmax()
-        if self.probs is not None:
-            self.probs[:, 0, window.col] = np.rint(probs * PROBABILITY_SCALE)
-
-    def finish_row(self, row: int) -> tuple[int, list[np.ndarray]]:
-        """(row, [classes (1, 1, cols), probabilities (K, 1, cols) uint8 when asked]), then reset."""
-        block = [self.classes.copy()] + ([self.probs.copy()] if self.probs is not None else [])
-        self.classes[:] = self.nodata
-        if self.probs is not None:
-            self.probs[:] = PROBABILITY_NODATA
-        return row, block
+    return torch.softmax(logits.float(), dim=1)

@@ -46,6 +46,9 @@ COG_OPTIONS = {
     "OVERVIEW_RESAMPLING": "NEAREST",
     "BIGTIFF": "IF_SAFER",
 }
+# GDAL's block cache during the COG copy: its overview pass fills whatever it is given (about 500 MiB more at
+# 40,000^2 with 256 MiB than with this, at the same speed).
+COG_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -143,8 +146,9 @@ class BlockWriter:
         is complete (no state).
         """
         cogs = [partial_path(spec.path, ".cog.tif") for spec in self.outputs]
-        for spec, cog in zip(self.outputs, cogs, strict=True):
-            rasterio.shutil.copy(spec.partial, cog, driver="COG", **COG_OPTIONS)
+        with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
+            for spec, cog in zip(self.outputs, cogs, strict=True):
+                rasterio.shutil.copy(spec.partial, cog, driver="COG", **COG_OPTIONS)
         for spec, cog in zip(self.outputs, cogs, strict=True):
             os.replace(cog, spec.path)
         self.state_path.unlink()

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from geoexplora.errors import GeoExploraError
-from geoexplora.inference.blending import RowBlender, hann_ramp, hann_weights
+import torch
+
+from geoexplora.inference.blending import ChunkBlender, hann_ramp, hann_weights
 from geoexplora.inference.windows import WindowGrid, pad_window
 
 
@@ -49,10 +51,11 @@ def test_hann_ramps_of_neighbours_sum_to_one() -> None:
     assert hann_weights(32, 0).min() == 1.0
 
 
-def test_rolling_buffer_does_not_depend_on_raster_height() -> None:
+def test_chunk_buffer_does_not_depend_on_raster_height_and_only_its_halo_on_the_width() -> None:
     shapes = []
-    for height in (100, 100_000):
-        blender = RowBlender(WindowGrid(width=500, height=height, tile=64, overlap=16), num_classes=5)
-        shapes.append((blender.acc.shape, blender.weight.shape, blender.invalid.shape, blender.nbytes))
+    for width, height in ((500, 100), (500, 100_000), (50_000, 100)):
+        blender = ChunkBlender(WindowGrid(width=width, height=height, tile=64, overlap=16), 5, 4, torch.device("cpu"))
+        shapes.append((blender.acc.shape, blender.weight.shape, blender.invalid.shape, blender.top_acc.shape))
     assert shapes[0] == shapes[1]
-    assert shapes[0][0] == (5, 64, WindowGrid(500, 1, 64, 16).padded_width)
+    assert shapes[0][0] == shapes[2][0] == (5, 64, 3 * 48 + 64)
+    assert shapes[2][3] == (5, 16, WindowGrid(50_000, 1, 64, 16).padded_width)
