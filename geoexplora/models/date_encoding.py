@@ -63,6 +63,13 @@ def sincos(values: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def date_features(days: torch.Tensor, width: int, reference_year: int = 2000) -> torch.Tensor:
+    """Fixed features (..., width) of int days since 1970-01-01: ``[sincos(year - reference_year),
+    sincos(day of year)]``, width/2 each (width a multiple of 4)."""
+    year, doy = year_and_day(days)
+    return torch.cat([sincos(year - reference_year, width // 2), sincos(doy, width // 2)], dim=-1)
+
+
 @dataclass
 class DateEncodingConfig:
     """Parameters of the date encoding, saved in the checkpoint with the backbone.
@@ -109,9 +116,7 @@ class DateEncoding(nn.Module):
 
     def features(self, days: torch.Tensor) -> torch.Tensor:
         """(B, T) int days -> (B, T, F) fixed sine-cosine features of year and day of year."""
-        year, doy = year_and_day(days)
-        half = self.config.features // 2
-        return torch.cat([sincos(year - self.config.reference_year, half), sincos(doy, half)], dim=-1)
+        return date_features(days, self.config.features, self.config.reference_year)
 
     def forward(self, days: torch.Tensor) -> torch.Tensor:
         """(B, T) int days -> (B, T, D)."""

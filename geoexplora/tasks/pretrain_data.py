@@ -3,7 +3,8 @@
 :class:`UnlabelledRasterDataModule` reads the rasters with the data layer, computes per-band statistics
 once in ``setup`` (or reads them from a JSON file written by ``BandStatistics.to_dict``), and serves
 seeded random windows as batches of ``image`` float32 (B, C, H, W) -- (B, T, C, H, W) for temporal
-stacks -- in the files' units plus ``valid`` bool (B, H, W) / (B, T, H, W).
+stacks, with ``dates`` int64 (B, T) days since 1970-01-01 -- in the files' units plus ``valid`` bool
+(B, H, W) / (B, T, H, W). A stack is checked up front (:class:`~geoexplora.data.stack.RasterStack`).
 
 Normalisation is not done here: the task reads :attr:`band_names`, :attr:`statistics` and
 :attr:`normalization` from its ``trainer.datamodule`` in its own ``setup`` and normalises on the
@@ -54,7 +55,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         statistics_windows: random windows used to compute the statistics.
         normalization: ``standardize`` ((x - mean) / std) or ``percentile`` ((x - p2) / (p98 - p2)).
         seed: seed of the window positions and of the statistics windows.
-        temporal: read the files as dates of one place: samples (T, C, H, W).
+        temporal: read the files as a stack, dates of one place: samples (T, C, H, W) with their dates.
         dates: ISO dates of the files, in file order, for ``temporal`` (default: from the file names).
         date_pattern: regex whose ``date`` group finds the date in a file name, for ``temporal``.
         date_format: strftime format of that date.
@@ -107,6 +108,11 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         self.statistics: BandStatistics | None = None
 
     @property
+    def num_dates(self) -> int | None:
+        """T, the dates of the stack (after ``setup``); None when the files are not read as a stack."""
+        return len(self.dataset.stack) if isinstance(self.dataset, TemporalRasterDataset) else None
+
+    @property
     def band_names(self) -> tuple[str, ...]:
         """The bands of ``image``, in channel order (after ``setup``)."""
         if self.dataset is None:
@@ -138,7 +144,8 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             raise GeoExploraError(f"{path}: cannot read band statistics ({type(err).__name__}: {err})") from None
 
     def sample_batch(self, count: int, seed: int) -> dict[str, Any]:
-        """``count`` seeded random windows read in this process and stacked (``image``, ``valid``), apart from
+        """``count`` seeded random windows read in this process and stacked (``image``, ``valid``, stacks'
+        ``dates``), apart from
         the training order (e.g. to fit data-initialised heads before the first step)."""
         samples = [self.dataset[query] for query in random_sampler(self.dataset, self.window_size, count, seed)]
         return stack_samples(samples)
