@@ -224,6 +224,10 @@ class FinetuneTask(L.LightningModule):
             logger.info("class weights from the training masks' pixel counts %s: %s", counts.tolist(),
                         [round(w, 3) for w in self.criterion.class_weights.tolist()])
 
+    def check_data(self, data: L.LightningDataModule) -> None:
+        """Before the run: a stack for a temporal backbone (and only then), with at most ``num_frames`` dates."""
+        self._check_dates(getattr(data, "num_dates", None))
+
     def _check_dates(self, num_dates: int | None) -> None:
         """A stack needs a temporal backbone whose date encoding takes its T dates; single images need none."""
         config = self.backbone_config

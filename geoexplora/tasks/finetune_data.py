@@ -207,11 +207,12 @@ class LabelledRasterDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.band_names: tuple[str, ...] = ()
         self.band_statistics: BandStatistics | None = None
-        self.stack: RasterStack | None = None
+        # A stack is checked here, before a run writes anything (dates, bands, grid; opens headers only).
+        self.stack = RasterStack.from_paths(image, dates, date_pattern, date_format) if temporal else None
 
     @property
     def num_dates(self) -> int | None:
-        """T of the stack (``temporal``), after :meth:`setup`; None for single rasters and tiles."""
+        """T of the stack (``temporal``); None for single rasters and tiles."""
         return len(self.stack) if self.stack is not None else None
 
     def setup(self, stage: str | None = None) -> None:
@@ -243,12 +244,10 @@ class LabelledRasterDataModule(L.LightningDataModule):
     def _setup_raster(self) -> None:
         o = self.options
         if o["temporal"]:
-            image = TemporalRasterDataset(o["image"], o["dates"], o["date_pattern"], o["date_format"], o["bands"],
-                                          o["band_names"], nodata=o["nodata"])
+            image = TemporalRasterDataset(self.stack, bands=o["bands"], band_names=o["band_names"], nodata=o["nodata"])
         else:
             image = GeoRasterDataset(o["image"], o["bands"], o["band_names"], nodata=o["nodata"])
         self.band_names = image.band_names
-        self.stack = getattr(image, "stack", None)
         if o["mask"] is not None:
             labels = RasterMaskDataset(o["mask"], crs=image.crs, res=image.res, ignore_index=o["ignore_index"])
             present = raster_class_values(o["mask"])

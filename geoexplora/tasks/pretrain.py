@@ -182,6 +182,15 @@ class PretrainTask(L.LightningModule):
         self.build(datamodule.band_names, datamodule.statistics, datamodule.normalization, teacher_crops_per_step=crops,
                    num_dates=getattr(datamodule, "num_dates", None))
 
+    def check_data(self, data: L.LightningDataModule) -> None:
+        """Before the run: a temporal backbone pre-trains on a stack."""
+        self._check_stack(getattr(data, "num_dates", None))
+
+    def _check_stack(self, num_dates: int | None) -> None:
+        if self.requested_backbone.embed == "temporal" and num_dates is None:
+            raise GeoExploraError("model.backbone.embed: temporal pre-trains on a stack: set data.temporal: true "
+                                  "(dated rasters of one place)")
+
     def build(self, band_names: tuple[str, ...] | list[str], statistics: BandStatistics,
               normalization: str = "standardize", teacher_crops_per_step: int | None = None,
               num_dates: int | None = None) -> None:
@@ -198,10 +207,8 @@ class PretrainTask(L.LightningModule):
                                   f"{list(band_names)}: give the bands once, in data.band_names / data.bands")
         self.temporal = requested.embed == "temporal"
         frames = requested.num_frames
+        self._check_stack(num_dates)
         if self.temporal:
-            if num_dates is None:
-                raise GeoExploraError("model.backbone.embed: temporal pre-trains on a stack: set data.temporal: true "
-                                      "(dated rasters of one place)")
             if self.probe is not None:
                 raise GeoExploraError("model.probe (k-NN on single images) does not apply to a temporal backbone; "
                                       "remove it")

@@ -30,7 +30,7 @@ from geoexplora.data import (
     stack_samples,
 )
 from geoexplora.data.stats import NormalizationMode
-from geoexplora.data.temporal import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN
+from geoexplora.data.stack import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN, RasterStack
 from geoexplora.errors import GeoExploraError
 
 logger = logging.getLogger(__name__)
@@ -101,16 +101,15 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         self.normalization = normalization
         self.seed = seed
         self.temporal = temporal
-        self.dates = dates
-        self.date_pattern = date_pattern
-        self.date_format = date_format
+        # A stack is checked here, before a run writes anything (dates, bands, grid; opens headers only).
+        self.stack = RasterStack.from_paths(self.paths, dates, date_pattern, date_format) if temporal else None
         self.dataset: GeoRasterDataset | None = None
         self.statistics: BandStatistics | None = None
 
     @property
     def num_dates(self) -> int | None:
-        """T, the dates of the stack (after ``setup``); None when the files are not read as a stack."""
-        return len(self.dataset.stack) if isinstance(self.dataset, TemporalRasterDataset) else None
+        """T, the dates of the stack; None when the files are not read as a stack."""
+        return len(self.stack) if self.stack is not None else None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -125,9 +124,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             return
         common = dict(bands=self.bands, band_names=self.file_band_names, nodata=self.nodata)
         if self.temporal:
-            self.dataset = TemporalRasterDataset(
-                self.paths, dates=self.dates, date_pattern=self.date_pattern, date_format=self.date_format, **common
-            )
+            self.dataset = TemporalRasterDataset(self.stack, **common)
         else:
             self.dataset = GeoRasterDataset(self.paths, **common)
         self.statistics = self._read_statistics() if self.statistics_path else compute_band_statistics(
