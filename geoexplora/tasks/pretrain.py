@@ -4,7 +4,10 @@
 It builds its model in ``setup``, because the bands, band statistics and batch size come from the data
 module (:class:`~geoexplora.tasks.pretrain_data.UnlabelledRasterDataModule`): backbone -> strategy (what
 trains) -> objective (heads, EMA teacher or decoder). Windows are normalised on the device with the data
-module's statistics; windows without any valid pixel are dropped and counted.
+module's statistics; windows without any valid pixel are dropped and counted. Stacks (``data.temporal``)
+with a temporal backbone (``embed: temporal``) stay (B, T, C, H, W) with their dates set on the backbone
+for each step (multi-crop and MAE crops shared by all dates of a sample); with any other backbone each
+date is an image of its own.
 
 Optimisation follows facebookresearch/dinov2 ``train/train.py`` where it matters at small scale: AdamW,
 warm-up + cosine lr, cosine weight decay, the patch embedding at ``patch_embed_lr_mult`` (0.2) of the lr,
