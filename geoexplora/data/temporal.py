@@ -17,11 +17,10 @@ from pyproj import CRS
 from torchgeo.datasets.utils import GeoSlice, Sample
 
 from geoexplora.data.raster import GeoRasterDataset, PathLike
-from geoexplora.data.stack import (  # noqa: F401 (the date helpers' home was this module)
+from geoexplora.data.stack import (  # noqa: F401 (parse_file_date: imported from here by embed)
     DEFAULT_DATE_FORMAT,
     DEFAULT_DATE_PATTERN,
     RasterStack,
-    as_date,
     days_since_epoch,
     parse_file_date,
 )
