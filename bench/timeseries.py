@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs in rows:
         lines.append(f"| {name} | {mean_std([r['test'] for r in runs])} | {mean_std([r['val'] for r in runs])} | "
                      f"{', '.join(f'{r['test']:.3f}' for r in runs)} |")
-    lines += ["", f"Every single date (seed {seeds[0]}; the best on val then ran every seed):", "",
+    lines += ["", f"Every single date: seed {seeds[0]} (std 0), except the best on val, whose row holds every seed:", "",
               "| date | test mIoU | val mIoU |", "|---|---|---|"]
     lines += [f"| {k[12:]} | {mean_std([r['test'] for r in v])} | {mean_std([r['val'] for r in v])} |"
               for k, v in singles.items()]
