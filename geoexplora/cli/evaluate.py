@@ -66,13 +66,15 @@ def score(model: GeoModel, loader) -> dict[str, Any]:
     """Metrics of ``model`` (a fine-tuned checkpoint) over ``loader``'s normalised batches."""
     import torch
 
+    from geoexplora.models import stack_dates
     from geoexplora.tasks.finetune import task_metrics
 
     kind = model.task.kind
     metrics = task_metrics(kind, len(model.classes), model.task.ignore_index)
     with torch.no_grad():
         for batch in loader:
-            logits = model.model(batch["image"])
+            with stack_dates(model.backbone, batch.get("dates")):
+                logits = model.model(batch["image"])
             target = batch["mask"] if kind == "segmentation" else batch["label"]
             metrics.update(logits.sigmoid() if kind == "multilabel" else logits,
                            target.long() if kind == "multilabel" else target)

@@ -91,6 +91,9 @@ class GeoExploraCLI(LightningCLI):
         parser.link_arguments("out", "trainer.default_root_dir")
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        check = getattr(self.model, "check_data", None)  # model and data agree, checked before anything is written
+        if check is not None and self.datamodule is not None:
+            check(self.datamodule)
         out = Path(self._get(self.config, "out"))
         every = self._get(self.config, "checkpoint_every_n_steps")
         callbacks = [

@@ -118,7 +118,7 @@ def _check_inputs(argv: Sequence[str], recipes: list[dict[str, Any]]) -> None:
     """What the data and the weights need that a look at the files tells: labels over the image, timm's
     pretrained weights in the cache or the Hub in reach, and TorchGeo weights that exist."""
     image, mask = _setting(argv, recipes, "data.image"), _setting(argv, recipes, "data.mask")
-    if image and mask and Path(image).is_file() and Path(mask).is_file():
+    if isinstance(image, str) and mask and Path(image).is_file() and Path(mask).is_file():
         from geoexplora.data.raster import check_overlap, inspect_raster
 
         inspect_raster(Path(image)), inspect_raster(Path(mask))

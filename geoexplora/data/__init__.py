@@ -12,6 +12,7 @@ from geoexplora.data.labels import (
 from geoexplora.data.raster import GeoRasterDataset, find_raster_files, inspect_raster
 from geoexplora.data.samplers import grid_sampler, random_sampler, stack_samples
 from geoexplora.data.stats import BandStat, BandStatistics, Normalizer, compute_band_statistics
+from geoexplora.data.stack import RasterStack, StackFile
 from geoexplora.data.temporal import TemporalRasterDataset, parse_file_date
 
 __all__ = [
@@ -34,4 +35,6 @@ __all__ = [
     "random_sampler",
     "read_vector_labels",
     "stack_samples",
+    "RasterStack",
+    "StackFile",
 ]

@@ -1,59 +1,29 @@
 """Temporal stacks: several dates of the same place as one (T, C, H, W) sample.
 
-Built on TorchGeo's ``time_series=True`` (one file per date, stacked instead of mosaicked). Dates come
-from the file names (a regex with a ``date`` group and a strftime format) or from an explicit list
-aligned with the files; each file's time interval is its whole day.
+Built on TorchGeo's ``time_series=True`` (one file per date, stacked instead of mosaicked) over a
+checked :class:`~geoexplora.data.stack.RasterStack`: dates from the file names (a regex with a ``date``
+group and a strftime format) or from an explicit list aligned with the files, each file's time interval
+its whole day, files in another CRS read onto the first (earliest) file's grid.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, time
-from pathlib import Path
 
 import pandas as pd
 import torch
 from pyproj import CRS
 from torchgeo.datasets.utils import GeoSlice, Sample
 
-from geoexplora.data.raster import GeoRasterDataset, PathLike, find_raster_files
-from geoexplora.errors import GeoExploraError
-
-DEFAULT_DATE_PATTERN = r"(?P<date>\d{8})"
-DEFAULT_DATE_FORMAT = "%Y%m%d"
-EPOCH = date(1970, 1, 1)
-
-
-def parse_file_date(path: Path, pattern: str = DEFAULT_DATE_PATTERN, date_format: str = DEFAULT_DATE_FORMAT) -> date:
-    """The date in a file name: the regex ``pattern``'s ``date`` group (or whole match) read with ``date_format``.
-
-    ``pattern`` is searched anywhere in the file name (e.g. ``S2_20200105.tif`` with the defaults).
-    Raises GeoExploraError naming the file when there is no match or the text is not a valid date.
-    """
-    match = re.search(pattern, path.name)
-    if match is None:
-        raise GeoExploraError(f"{path}: no date in the file name (pattern {pattern!r})")
-    text = match.group("date") if "date" in match.re.groupindex else match.group(0)
-    try:
-        return datetime.strptime(text, date_format).date()
-    except ValueError:
-        raise GeoExploraError(f"{path}: {text!r} in the file name is not a date of format {date_format!r}") from None
-
-
-def as_date(value: date | str, path: Path) -> date:
-    """A date given for ``path``: a ``datetime.date`` or an ISO ``YYYY-MM-DD`` string."""
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise GeoExploraError(f"{path}: date {value!r} is not an ISO date (YYYY-MM-DD)") from None
-
-
-def days_since_epoch(day: date) -> int:
-    """Days from 1970-01-01 to ``day`` (negative before)."""
-    return (day - EPOCH).days
+from geoexplora.data.raster import GeoRasterDataset, PathLike
+from geoexplora.data.stack import (  # noqa: F401 (parse_file_date: imported from here by embed)
+    DEFAULT_DATE_FORMAT,
+    DEFAULT_DATE_PATTERN,
+    RasterStack,
+    days_since_epoch,
+    parse_file_date,
+)
 
 
 class TemporalRasterDataset(GeoRasterDataset):
@@ -70,7 +40,7 @@ class TemporalRasterDataset(GeoRasterDataset):
     :mod:`geoexplora.data.samplers` yields every date; a time range ``tmin:tmax`` keeps the dates in it.
 
     Args:
-        paths: the files (or a folder of them), one per date.
+        paths: the files (or a folder of them), one per date, or a checked :class:`RasterStack`.
         dates: the files' dates (``datetime.date`` or ISO ``YYYY-MM-DD`` strings) aligned with
             ``paths`` when it is a list of files; when given, file names are not parsed.
         date_pattern: regex searched in each file name; its ``date`` group (or the whole match) is the date.
@@ -80,7 +50,7 @@ class TemporalRasterDataset(GeoRasterDataset):
 
     def __init__(
         self,
-        paths: PathLike | Iterable[PathLike],
+        paths: PathLike | Iterable[PathLike] | RasterStack,
         dates: Sequence[date | str] | None = None,
         date_pattern: str = DEFAULT_DATE_PATTERN,
         date_format: str = DEFAULT_DATE_FORMAT,
@@ -92,15 +62,13 @@ class TemporalRasterDataset(GeoRasterDataset):
         transforms: Callable[[Sample], Sample] | None = None,
         cache: bool = True,
     ) -> None:
-        files = find_raster_files(paths)
-        if dates is None:
-            file_dates = [parse_file_date(f, date_pattern, date_format) for f in files]
-        else:
-            if len(dates) != len(files):
-                raise GeoExploraError(f"{len(dates)} dates given for {len(files)} files ({files[0]}, ...)")
-            file_dates = [as_date(d, f) for d, f in zip(dates, files, strict=True)]
-        self.file_dates = {str(f): d for f, d in zip(files, file_dates, strict=True)}
-        super().__init__(files, bands, band_names, crs, res, nodata, transforms, cache, time_series=True)
+        self.stack = paths if isinstance(paths, RasterStack) else RasterStack.from_paths(
+            paths, dates, date_pattern, date_format)
+        self.file_dates = {str(f.path): f.date for f in self.stack.files}
+        if crs is None and res is None:
+            crs, res = CRS.from_user_input(self.stack.crs.to_wkt()), self.stack.res
+        super().__init__(list(self.stack.paths), bands, band_names, crs, res, nodata, transforms, cache,
+                         time_series=True)
         self.index = self.index.sort_index(kind="stable")
 
     def _filepath_to_timestamp(self, filepath: PathLike) -> tuple[datetime, datetime]:

@@ -21,8 +21,8 @@ from geoexplora.models.patch_embed import (
     SpectralPatchEmbed,
     TemporalPatchEmbed,
     carry_rgb_kernel,
-    date_encoding,
 )
+from geoexplora.models.date_encoding import DateEncoding, DateEncodingConfig, stack_dates
 from geoexplora.models.qkv import QKVLinear, fuse_qkv, split_qkv
 from geoexplora.models.strategies import (
     StrategyConfig,
@@ -39,6 +39,8 @@ from geoexplora.models.strategies import (
 __all__ = [
     "BackboneConfig",
     "CheckpointConfig",
+    "DateEncoding",
+    "DateEncodingConfig",
     "ClassInfo",
     "GeoModel",
     "Lineage",
@@ -60,7 +62,6 @@ __all__ = [
     "carry_rgb_kernel",
     "create_backbone",
     "create_strategy",
-    "date_encoding",
     "export_merged_state_dict",
     "fuse_qkv",
     "list_strategies",
@@ -71,6 +72,7 @@ __all__ = [
     "register_strategy",
     "save_checkpoint",
     "split_qkv",
+    "stack_dates",
     "strategy_from_dict",
     "unmerge_lora",
 ]

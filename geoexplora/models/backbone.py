@@ -32,6 +32,7 @@ from timm.models import model_entrypoint, split_model_name_tag
 from geoexplora.bands import RGB_ROLES, get_sensor, rgb_role
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import torchgeo_weights
+from geoexplora.models.date_encoding import DateEncodingConfig
 from geoexplora.models.hub import timm_pretrained_state_dict
 from geoexplora.models.patch_embed import GroupPatchEmbed, SpectralPatchEmbed, TemporalPatchEmbed, carry_rgb_kernel
 
@@ -57,7 +58,9 @@ class BackboneConfig:
         embed: ``"spectral"`` (bands -> one token per patch), ``"group"`` (one token per band group and
             patch) or ``"temporal"`` (one token per date and patch; input (B, T, C, H, W)).
         band_groups: for ``embed="group"``: lists of band names, each band in exactly one list.
-        num_frames: for ``embed="temporal"``: T, dates per sample.
+        num_frames: for ``embed="temporal"``: the most dates per sample (pre-training records the T it saw).
+        date_encoding: for ``embed="temporal"``: the date encoding's parameters
+            (:class:`~geoexplora.models.date_encoding.DateEncodingConfig` as a dict; default its defaults).
         embed_dim, depth, num_heads, patch_size: overrides of the architecture (tiny test models); a
             weights file must then match the overridden shapes.
     """
@@ -70,6 +73,7 @@ class BackboneConfig:
     embed: str = "spectral"
     band_groups: list[list[str]] | None = None
     num_frames: int = 1
+    date_encoding: dict[str, int] | None = None
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
@@ -95,6 +99,10 @@ class BackboneConfig:
             raise GeoExploraError(
                 f"num_frames must be >= 1 and only differ from 1 for embed='temporal', got {self.num_frames!r}"
             )
+        if self.date_encoding is not None and self.embed != "temporal":
+            raise GeoExploraError(f"date_encoding is only for embed='temporal', got {self.date_encoding!r}")
+        if self.embed == "temporal":
+            self.date_encoding = DateEncodingConfig.from_dict(self.date_encoding).to_dict()
         for name in ("img_size", "embed_dim", "depth", "num_heads", "patch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -175,7 +183,8 @@ def _embed_layer(cfg: BackboneConfig):
     if cfg.embed == "group":
         return functools.partial(GroupPatchEmbed, band_names=cfg.bands, band_groups=cfg.band_groups, sensor=cfg.sensor)
     if cfg.embed == "temporal":
-        return functools.partial(TemporalPatchEmbed, band_names=cfg.bands, num_frames=cfg.num_frames, sensor=cfg.sensor)
+        return functools.partial(TemporalPatchEmbed, band_names=cfg.bands, num_frames=cfg.num_frames, sensor=cfg.sensor,
+                                 date_encoding=DateEncodingConfig.from_dict(cfg.date_encoding))
     return functools.partial(SpectralPatchEmbed, band_names=cfg.bands, sensor=cfg.sensor)
 
 

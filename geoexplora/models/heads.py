@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.decoders import UPerNetHead, conv_norm_act
+from geoexplora.models.temporal_pool import temporal_intermediates
 
 POOLS = ("cls", "mean")
 SEGMENTATION_HEADS = ("linear", "progressive", "upernet")
@@ -123,8 +124,11 @@ class SupervisedModel(nn.Module):
         return not isinstance(self.head, ClassificationHead)
 
     def forward(self, image: Tensor) -> Tensor:
+        """image: (B, C, H, W), or (B, T, C, H, W) stacks (dates set by ``stack_dates``; pooled over time)."""
         if not self.is_segmentation:
             return self.head(self.backbone.forward_features(image))
+        if image.ndim == 5:
+            return self.head(temporal_intermediates(self.backbone, image, self.feature_blocks), size=image.shape[-2:])
         features = self.backbone.forward_intermediates(
             image, indices=self.feature_blocks, output_fmt="NCHW", intermediates_only=True, norm=True
         )

@@ -7,8 +7,8 @@ Three embeddings, one contract (timm's :class:`~timm.layers.PatchEmbed`: ``img_s
   tokens = patches. The ViT keeps its own ``pos_embed``.
 - :class:`GroupPatchEmbed` (SatMAE style): bands in G groups, one projection per group, a learned group
   encoding; input (B, C, H, W), tokens = G x patches, group-major.
-- :class:`TemporalPatchEmbed`: one spectral projection shared by T dates, a fixed sinusoidal date
-  encoding; input (B, T, C, H, W), tokens = T x patches, date-major.
+- :class:`TemporalPatchEmbed`: one spectral projection shared by T dates, a SatMAE-style date encoding
+  (year, day of year); input (B, T, C, H, W), tokens = T x patches, date-major.
 
 Group and temporal tokens outnumber timm's ``pos_embed``, so those ViTs are built with
 ``pos_embed='none'`` and the embedding adds the spatial position itself (one (1, N, D) table on the
@@ -21,7 +21,6 @@ return flat (B, G*N, D) tokens whatever ``output_fmt`` timm asks for; ``forward_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 
 from geoexplora.bands import RGB_ROLES, rgb_role
 from geoexplora.errors import GeoExploraError
+from geoexplora.models.date_encoding import DateEncoding, DateEncodingConfig
 
 
 def band_roles(band_names: Sequence[str], sensor: str | None = None) -> tuple[str | None, ...]:
@@ -115,10 +115,11 @@ class _TiledPositions(nn.Module):
         trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: torch.Tensor, set_encoding: torch.Tensor) -> torch.Tensor:
-        """x: (B, S, H, W, D) token sets on an H x W grid; set_encoding: (S, D). Returns (B, S*H*W, D)."""
+        """x: (B, S, H, W, D) token sets on an H x W grid; set_encoding: (S, D) or per sample (B, S, D).
+        Returns (B, S*H*W, D)."""
         b, s, h, w, d = x.shape
         pos = resample_abs_pos_embed(self.pos_embed, new_size=(h, w), old_size=self.grid_size, num_prefix_tokens=0)
-        x = x.reshape(b, s, h * w, d) + pos.unsqueeze(1) + set_encoding.view(1, s, 1, d)
+        x = x.reshape(b, s, h * w, d) + pos.unsqueeze(1) + set_encoding.reshape(-1, s, 1, d)
         return x.reshape(b, s * h * w, d)
 
 
@@ -193,45 +194,35 @@ class GroupPatchEmbed(nn.Module):
         return self.positions(torch.stack(sets, dim=1), self.group_embed)
 
 
-def date_encoding(dates: torch.Tensor, embed_dim: int) -> torch.Tensor:
-    """Sinusoidal encoding of date positions relative to the first date.
-
-    Args:
-        dates: (T,) date index (0, 1, ...) as float.
-        embed_dim: D.
-
-    Returns:
-        (T, D): ``e(t) - e(0)`` where ``e`` is the transformer sin/cos encoding (frequencies
-        ``10000^(-2i/D)``); subtracting ``e(0)`` makes the first date's encoding zero, so one date
-        computes exactly the source model.
-    """
-    half = embed_dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=dates.device) / half)
-    angles = dates.float().unsqueeze(1) * freqs
-    enc = torch.cat([angles.sin(), angles.cos() - 1.0], dim=1)
-    return nn.functional.pad(enc, (0, embed_dim - 2 * half))
-
-
 class TemporalPatchEmbed(SpectralPatchEmbed):
     """T dates of the same place: one spectral projection shared by all dates plus a date encoding.
 
-    Input (B, T, C, H, W) with T = ``num_frames``; output (B, T*N, D), date-major, each token
-    ``proj(patch) + pos(patch) + date_encoding(t)`` with t the date index 0..T-1 (see :func:`date_encoding`).
+    Input (B, T, C, H, W) with 1 <= T <= ``num_frames``; output (B, T*N, D), date-major, each token
+    ``proj(patch) + pos(patch) + date_encoding(date)`` (:class:`~geoexplora.models.date_encoding.DateEncoding`:
+    year and day of year, zero at the start). The dates (B, T) int64 days since 1970-01-01 are set for
+    the forward pass with :func:`~geoexplora.models.date_encoding.stack_dates`; calling without them is
+    an error.
 
     Args:
         band_names: the C bands of every date.
-        num_frames: T, the number of dates per sample.
+        num_frames: the most dates per sample the model takes (the T it was trained with).
         sensor: sensor for band names that need one.
+        date_encoding: the date encoding's parameters.
         **kwargs: timm PatchEmbed arguments.
     """
 
-    def __init__(self, band_names: Sequence[str], num_frames: int, sensor: str | None = None, **kwargs):
+    def __init__(self, band_names: Sequence[str], num_frames: int, sensor: str | None = None,
+                 date_encoding: DateEncodingConfig | None = None, **kwargs):
         super().__init__(band_names, sensor=sensor, **_nhwc_kwargs(kwargs))
         self.num_frames = num_frames
         self.positions = _TiledPositions(self.grid_size, self.proj.out_channels)
-        self.register_buffer(
-            "date_embed", date_encoding(torch.arange(num_frames), self.proj.out_channels), persistent=False
-        )
+        self.date_encoding = DateEncoding(self.proj.out_channels, date_encoding)
+        self.dates: torch.Tensor | None = None
+
+    @property
+    def matches_source(self) -> bool:
+        """Always False: the date encoding is new and must be learned."""
+        return False
 
     @torch.no_grad()
     def load_source(self, weight: torch.Tensor, bias: torch.Tensor | None, pos_embed: torch.Tensor | None = None) -> None:
@@ -241,9 +232,16 @@ class TemporalPatchEmbed(SpectralPatchEmbed):
             self.positions.pos_embed.copy_(pos_embed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C, H, W) -> (B, T*N, D)."""
-        if x.ndim != 5 or x.shape[1] != self.num_frames:
-            raise GeoExploraError(f"temporal input has shape {tuple(x.shape)}; expected (B, {self.num_frames}, C, H, W)")
+        """x: (B, T, C, H, W) -> (B, T*N, D), with the dates set by ``stack_dates``."""
+        if x.ndim != 5 or not 1 <= x.shape[1] <= self.num_frames:
+            raise GeoExploraError(f"temporal input has shape {tuple(x.shape)}; expected (B, T, C, H, W) with "
+                                  f"1 <= T <= {self.num_frames} (the dates the model was trained with)")
         b, t = x.shape[:2]
-        tokens = super().forward(x.flatten(0, 1))
-        return self.positions(tokens.unflatten(0, (b, t)), self.date_embed)
+        days = self.dates
+        if days is None:
+            raise GeoExploraError("a temporal backbone needs the dates of its input (geoexplora.models.stack_dates)")
+        if days.shape[-1] != t or b % days.shape[0]:
+            raise GeoExploraError(f"dates of shape {tuple(days.shape)} do not fit an input of {b} samples x {t} dates")
+        encoding = self.date_encoding(days.to(x.device)).repeat(b // days.shape[0], 1, 1)  # (B, T, D)
+        tokens = super().forward(x.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, h, w, D)
+        return self.positions(tokens, encoding)

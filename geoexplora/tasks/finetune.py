@@ -11,6 +11,13 @@ An ``init_checkpoint`` (e.g. an ExPLoRA pre-training run) is rebuilt from its co
 into plain weights, and the fine-tuning strategy (published: ``lora`` rank 8) applied on top of that; the
 exported checkpoint records that parent (path and sha256) in its lineage. Loading a checkpoint for
 inference needs no Lightning: :func:`geoexplora.models.load_model`.
+
+Stacks: a temporal backbone (``embed: temporal``) fine-tunes on a stack (``data.temporal: true``) with
+one label map for it; batches carry ``dates`` (B, T), set on the backbone for each forward pass. The
+tokens of all dates attend to each other in every block and are **averaged over the dates** before a
+segmentation head (:mod:`geoexplora.models.temporal_pool` says why the mean); classification reads the
+cls token, which attends over every date. A stack may have fewer dates than the model's ``num_frames``
+(one date is allowed, with a warning), never more.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from torchmetrics.classification import (
 from geoexplora.errors import GeoExploraError
 from geoexplora.data.stats import BandStatistics
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy
+from geoexplora.models.date_encoding import stack_dates
 from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig, make_classes, read_checkpoint
 from geoexplora.models.geomodel import build_task_model, load_merged_backbone, source_backbone
 from geoexplora.models.heads import SupervisedModel
@@ -189,6 +197,7 @@ class FinetuneTask(L.LightningModule):
         data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if data is None:
             return
+        self._check_dates(getattr(data, "num_dates", None))
         if tuple(data.band_names) != tuple(self.backbone_config.bands):
             raise GeoExploraError(
                 f"data bands {list(data.band_names)} differ from the backbone's bands {self.backbone_config.bands}"
@@ -219,8 +228,30 @@ class FinetuneTask(L.LightningModule):
             logger.info("class weights from the training masks' pixel counts %s: %s", counts.tolist(),
                         [round(w, 3) for w in self.criterion.class_weights.tolist()])
 
-    def forward(self, image: Tensor) -> Tensor:
-        return self.model(image)
+    def check_data(self, data: L.LightningDataModule) -> None:
+        """Before the run: a stack for a temporal backbone (and only then), with at most ``num_frames`` dates."""
+        self._check_dates(getattr(data, "num_dates", None))
+
+    def _check_dates(self, num_dates: int | None) -> None:
+        """A stack needs a temporal backbone whose date encoding takes its T dates; single images need none."""
+        config = self.backbone_config
+        temporal = config.embed == "temporal"
+        if num_dates is None and temporal:
+            raise GeoExploraError("the backbone is temporal (embed: temporal): give the data as a stack "
+                                  "(data.temporal: true with the dated rasters as data.image)")
+        if num_dates is not None and not temporal:
+            raise GeoExploraError(f"the data is a stack of {num_dates} dates but the backbone takes single images; "
+                                  "use a temporal backbone (model.backbone.embed: temporal)")
+        if num_dates is not None and num_dates > config.num_frames:
+            raise GeoExploraError(f"the stack has {num_dates} dates, more than the {config.num_frames} the model's "
+                                  "date encoding supports (backbone.num_frames); give fewer dates")
+        if num_dates == 1:
+            logger.warning("fine-tuning a temporal backbone on a stack of one date (allowed; nothing changes over time)")
+
+    def forward(self, image: Tensor, dates: Tensor | None = None) -> Tensor:
+        """image: (B, C, H, W), or stacks (B, T, C, H, W) with ``dates`` (B, T) days since 1970-01-01."""
+        with stack_dates(self.model.backbone, dates):
+            return self.model(image)
 
     def target(self, batch: dict[str, Tensor]) -> Tensor:
         return batch["mask"] if self.task == "segmentation" else batch["label"]
@@ -235,7 +266,7 @@ class FinetuneTask(L.LightningModule):
         return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
 
     def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        logits = self(batch["image"])
+        logits = self(batch["image"], batch.get("dates"))
         target = self.target(batch)
         loss = self.loss(logits, target)
         scores = logits.sigmoid() if self.task == "multilabel" else logits

@@ -13,6 +13,11 @@ nodata, or the label is nodata, become ``ignore_index``.
 
 ``label_mode="majority"`` turns a mask into one label per window (its most frequent labelled class;
 ``ignore_index`` when it has none), for classification on a land-cover map.
+
+``temporal=True`` reads ``image`` as a stack (dated rasters of one place, checked up front as a
+:class:`~geoexplora.data.stack.RasterStack`) with **one** label map for the whole stack: samples hold
+``image`` (T, C, H, W), ``dates`` (T,) int64 days since 1970-01-01 and the stack's ``mask`` / ``label``;
+a pixel is labelled where at least one date has data.
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ from geoexplora.data import (
     BandStatistics,
     GeoRasterDataset,
     Normalizer,
+    TemporalRasterDataset,
     RasterMaskDataset,
     SceneClassificationDataset,
     VectorMaskDataset,
     compute_band_statistics,
 )
 from geoexplora.data.resumable import EpochSeeded, ResumableDataLoader, SeededShuffleSampler
+from geoexplora.data.stack import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN, RasterStack
 from geoexplora.data.stats import band_statistics_from_pixels
 from geoexplora.errors import GeoExploraError
 
@@ -131,7 +138,7 @@ class LabelledRasterDataModule(L.LightningDataModule):
     Give ``image`` with ``mask`` (label raster) or ``vector`` (points/polygons rasterised), or ``tiles``.
 
     Args:
-        image: GeoTIFF file or folder of the imagery.
+        image: GeoTIFF file or folder of the imagery; with ``temporal``, the stack's files or folder.
         mask: single-band label raster (class values); any grid or CRS (reprojected, nearest).
         vector: vector file of labelled points/polygons (rasterised into a mask).
         class_column: the vector file's class column.
@@ -152,11 +159,15 @@ class LabelledRasterDataModule(L.LightningDataModule):
         normalization: ``standardize`` or ``percentile`` with ``band_statistics``.
         band_statistics: statistics (``BandStatistics.to_dict()``); default computed from the data.
         ignore_index: target value for unlabelled / nodata pixels.
+        temporal: read ``image`` as a stack of dates labelled by one ``mask`` / ``vector``.
+        dates: ISO dates of the stack's files, in file order (default: from the file names).
+        date_pattern: regex whose ``date`` group finds the date in a file name.
+        date_format: strftime format of that date.
     """
 
     def __init__(
         self,
-        image: str | None = None,
+        image: str | list[str] | None = None,
         mask: str | None = None,
         vector: str | None = None,
         class_column: str = "class",
@@ -177,10 +188,16 @@ class LabelledRasterDataModule(L.LightningDataModule):
         normalization: Literal["standardize", "percentile"] = "standardize",
         band_statistics: dict[str, Any] | None = None,
         ignore_index: int = 255,
+        temporal: bool = False,
+        dates: list[str] | None = None,
+        date_pattern: str = DEFAULT_DATE_PATTERN,
+        date_format: str = DEFAULT_DATE_FORMAT,
     ) -> None:
         super().__init__()
         if (tiles is None) == (image is None) or (image is not None and (mask is None) == (vector is None)):
             raise GeoExploraError("give either tiles, or image with exactly one of mask and vector")
+        if temporal and tiles is not None:
+            raise GeoExploraError("data.temporal reads a stack given as data.image, not data.tiles")
         if block_size is not None and block_size < window_size:
             raise GeoExploraError(f"block_size {block_size} is smaller than window_size {window_size}")
         self.options = dict(locals())
@@ -192,6 +209,13 @@ class LabelledRasterDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.band_names: tuple[str, ...] = ()
         self.band_statistics: BandStatistics | None = None
+        # A stack is checked here, before a run writes anything (dates, bands, grid; opens headers only).
+        self.stack = RasterStack.from_paths(image, dates, date_pattern, date_format) if temporal else None
+
+    @property
+    def num_dates(self) -> int | None:
+        """T of the stack (``temporal``); None for single rasters and tiles."""
+        return len(self.stack) if self.stack is not None else None
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -221,7 +245,10 @@ class LabelledRasterDataModule(L.LightningDataModule):
 
     def _setup_raster(self) -> None:
         o = self.options
-        image = GeoRasterDataset(o["image"], o["bands"], o["band_names"], nodata=o["nodata"])
+        if o["temporal"]:
+            image = TemporalRasterDataset(self.stack, bands=o["bands"], band_names=o["band_names"], nodata=o["nodata"])
+        else:
+            image = GeoRasterDataset(o["image"], o["bands"], o["band_names"], nodata=o["nodata"])
         self.band_names = image.band_names
         if o["mask"] is not None:
             labels = RasterMaskDataset(o["mask"], crs=image.crs, res=image.res, ignore_index=o["ignore_index"])
@@ -285,8 +312,11 @@ class LabelledRasterDataModule(L.LightningDataModule):
         if self.class_values is not None:
             index = torch.searchsorted(self.class_values, mask).clamp(max=len(self.class_values) - 1)
             mask = torch.where(self.class_values[index] == mask, index, ignore)
-        mask = mask.masked_fill(~sample["valid"], ignore)
-        out = {"image": self.normalizer(sample["image"], sample["valid"])}
+        valid = sample["valid"]
+        mask = mask.masked_fill(~(valid.any(dim=0) if valid.ndim == 3 else valid), ignore)
+        out = {"image": self.normalizer(sample["image"], valid)}
+        if "dates" in sample:
+            out["dates"] = sample["dates"]
         if self.options["label_mode"] == "mask":
             out["mask"] = mask
         else:

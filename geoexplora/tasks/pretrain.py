@@ -4,7 +4,10 @@
 It builds its model in ``setup``, because the bands, band statistics and batch size come from the data
 module (:class:`~geoexplora.tasks.pretrain_data.UnlabelledRasterDataModule`): backbone -> strategy (what
 trains) -> objective (heads, EMA teacher or decoder). Windows are normalised on the device with the data
-module's statistics; windows without any valid pixel are dropped and counted.
+module's statistics; windows without any valid pixel are dropped and counted. Stacks (``data.temporal``)
+with a temporal backbone (``embed: temporal``) stay (B, T, C, H, W) with their dates set on the backbone
+for each step (multi-crop and MAE crops shared by all dates of a sample); with any other backbone each
+date is an image of its own.
 
 Optimisation follows facebookresearch/dinov2 ``train/train.py`` where it matters at small scale: AdamW,
 warm-up + cosine lr, cosine weight decay, the patch embedding at ``patch_embed_lr_mult`` (0.2) of the lr,
@@ -38,6 +41,7 @@ from geoexplora.data import BandStatistics, Normalizer
 from geoexplora.errors import GeoExploraError
 from geoexplora.models import BackboneConfig, create_backbone, create_strategy, parameter_report, read_state_dict
 from geoexplora.models.checkpoint import CheckpointConfig, Preprocessing, TaskConfig
+from geoexplora.models.date_encoding import stack_dates
 from geoexplora.models.lineage import make_lineage
 from geoexplora.models.ssl import DINOv2Objective, DINOv2Options, MAEObjective, MAEOptions, forward_tokens
 from geoexplora.models.ssl.teacher import eval_mode
@@ -166,6 +170,7 @@ class PretrainTask(L.LightningModule):
         self._momentum = 1.0
         self.step_monitors: dict[str, float] = {}
         self.backbone_config: BackboneConfig | None = None
+        self.temporal = False
 
     # --- model -------------------------------------------------------------------------------------------
 
@@ -177,17 +182,43 @@ class PretrainTask(L.LightningModule):
         if datamodule is None or getattr(datamodule, "statistics", None) is None:
             raise GeoExploraError("PretrainTask needs a data module with band_names and statistics (UnlabelledRasterDataModule)")
         crops = 2 * datamodule.batch_size * self.trainer.world_size
-        self.build(datamodule.band_names, datamodule.statistics, datamodule.normalization, teacher_crops_per_step=crops)
+        self.build(datamodule.band_names, datamodule.statistics, datamodule.normalization, teacher_crops_per_step=crops,
+                   num_dates=getattr(datamodule, "num_dates", None))
+
+    def check_data(self, data: L.LightningDataModule) -> None:
+        """Before the run: a temporal backbone pre-trains on a stack."""
+        self._check_stack(getattr(data, "num_dates", None))
+
+    def _check_stack(self, num_dates: int | None) -> None:
+        if self.requested_backbone.embed == "temporal" and num_dates is None:
+            raise GeoExploraError("model.backbone.embed: temporal pre-trains on a stack: set data.temporal: true "
+                                  "(dated rasters of one place)")
 
     def build(self, band_names: tuple[str, ...] | list[str], statistics: BandStatistics,
-              normalization: str = "standardize", teacher_crops_per_step: int | None = None) -> None:
-        """Backbone over ``band_names`` -> strategy -> objective and augmentation; normaliser from ``statistics``."""
+              normalization: str = "standardize", teacher_crops_per_step: int | None = None,
+              num_dates: int | None = None) -> None:
+        """Backbone over ``band_names`` -> strategy -> objective and augmentation; normaliser from ``statistics``.
+
+        ``num_dates``: T of the stack the data module reads (None: single images). A temporal backbone
+        (``embed: temporal``) needs one and records ``num_frames = max(num_frames, T)``; other backbones
+        see each date as an image of its own.
+        """
         requested = self.requested_backbone
         default_bands = BackboneConfig().bands
         if requested.bands != default_bands and list(requested.bands) != list(band_names):
             raise GeoExploraError(f"model.backbone.bands {requested.bands} differ from the data's bands "
                                   f"{list(band_names)}: give the bands once, in data.band_names / data.bands")
-        self.backbone_config = replace(requested, bands=list(band_names))
+        self.temporal = requested.embed == "temporal"
+        frames = requested.num_frames
+        self._check_stack(num_dates)
+        if self.temporal:
+            if self.probe is not None:
+                raise GeoExploraError("model.probe (k-NN on single images) does not apply to a temporal backbone; "
+                                      "remove it")
+            frames = max(frames, num_dates)
+            if num_dates == 1:
+                logger.warning("pretrain: the stack has a single date; the temporal backbone learns no change over time")
+        self.backbone_config = replace(requested, bands=list(band_names), num_frames=frames)
         source = self.backbone_config.source_objective
         if source is not None and source != self.objective_name:
             logger.warning("backbone %s was trained with %s, but pretraining continues with %s (allowed; "
@@ -206,7 +237,7 @@ class PretrainTask(L.LightningModule):
         else:
             m = self.mae_options
             self.objective = MAEObjective(backbone, m.decoder_dim, m.decoder_depth, m.decoder_heads, m.mask_ratio,
-                                          m.norm_pix_loss)
+                                          m.norm_pix_loss, time_masking=m.time_masking)
             if m.decoder_weights:
                 self._load_pretrained_decoder(m.decoder_weights, m.decoder_lora_rank)
             self.augment = MAEAugmentation(m.crop_size)
@@ -336,7 +367,8 @@ class PretrainTask(L.LightningModule):
                                   "model.dinov2.num_prototypes or check the rasters' nodata")
         global_crops, _ = self.augment(inputs[0])
         generator = torch.Generator().manual_seed(datamodule.seed)
-        self.objective.initialise_heads(global_crops, generator)
+        with stack_dates(self.backbone, inputs[2]):
+            self.objective.initialise_heads(global_crops, generator)
         self._broadcast_heads()
         self.heads_initialised.fill_(True)
         logger.info("pretrain: DINOv2 heads fitted to %d windows of the start model", inputs[0].shape[0])
@@ -376,32 +408,38 @@ class PretrainTask(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------------------
 
-    def _inputs(self, batch: dict[str, Any], count_skipped: bool = True) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Normalised images (B', C, H, W) and valid (B', H, W) without all-invalid windows; dates fold into B."""
-        image, valid = batch["image"], batch["valid"]
-        if image.ndim == 5:  # (B, T, C, H, W): each date is a sample of its own
-            image, valid = image.flatten(0, 1), valid.flatten(0, 1)
+    def _inputs(self, batch: dict[str, Any], count_skipped: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """Normalised images (B', C, H, W), valid (B', H, W) and None, without all-invalid windows.
+
+        Stacks: for a temporal backbone (B', T, C, H, W), (B', T, H, W) and their dates (B', T); for any
+        other backbone the dates fold into B (each date an image of its own, dates None).
+        """
+        image, valid, days = batch["image"], batch["valid"], batch.get("dates")
+        if image.ndim == 5 and not self.temporal:
+            image, valid, days = image.flatten(0, 1), valid.flatten(0, 1), None
         keep = valid.flatten(1).any(dim=1)
         if count_skipped:
             self.skipped_windows += int((~keep).sum())
         if not keep.any():
             return None
-        return self.normalizer(image[keep], valid[keep]), valid[keep]
+        return self.normalizer(image[keep], valid[keep]), valid[keep], None if days is None else days[keep]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         inputs = self._inputs(batch)
         if inputs is None:
             return None  # Lightning skips the optimiser step
-        image, valid = inputs
+        image, valid, days = inputs
         if self.objective_name == "dinov2":
             global_crops, local_crops = self.augment(image)
-            out = self.objective(global_crops, local_crops, self.global_step, self.total_steps)
+            with stack_dates(self.backbone, days):
+                out = self.objective(global_crops, local_crops, self.global_step, self.total_steps)
             self._momentum = out["momentum"]
             logs = {k: out[k] for k in ("dino_loss", "ibot_loss", "koleo_loss", "teacher_temp", "momentum")}
             logs.update(out["monitors"])
         else:
             image, valid = self.augment(image, valid)
-            out = self.objective(image, valid)
+            out = self.objective(image, valid, days)
             if not torch.isfinite(out["loss"]):
                 raise GeoExploraError(f"MAE loss is {out['loss'].item()} at step {self.global_step}; "
                                       "lower the learning rate or check the input for inf pixels")
@@ -418,6 +456,9 @@ class PretrainTask(L.LightningModule):
         every = self.mae_options.preview_every_n_steps
         if not every or self.global_step % every or not self.trainer.is_global_zero:
             return
+        if image.ndim == 5:  # a stack: show its first date (date-major tokens: the first L of T*L)
+            patches = out["pred"].shape[1] // image.shape[1]
+            image, out = image[:, 0], {"pred": out["pred"][:, :patches], "mask": out["mask"][:, :patches]}
         strip = self.objective.reconstruction_preview(
             image, out["pred"], out["mask"], rgb_indices(self.normalizer.band_names, self.backbone_config.sensor)
         )

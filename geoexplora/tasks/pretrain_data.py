@@ -3,7 +3,8 @@
 :class:`UnlabelledRasterDataModule` reads the rasters with the data layer, computes per-band statistics
 once in ``setup`` (or reads them from a JSON file written by ``BandStatistics.to_dict``), and serves
 seeded random windows as batches of ``image`` float32 (B, C, H, W) -- (B, T, C, H, W) for temporal
-stacks -- in the files' units plus ``valid`` bool (B, H, W) / (B, T, H, W).
+stacks, with ``dates`` int64 (B, T) days since 1970-01-01 -- in the files' units plus ``valid`` bool
+(B, H, W) / (B, T, H, W). A stack is checked up front (:class:`~geoexplora.data.stack.RasterStack`).
 
 Normalisation is not done here: the task reads :attr:`band_names`, :attr:`statistics` and
 :attr:`normalization` from its ``trainer.datamodule`` in its own ``setup`` and normalises on the
@@ -30,7 +31,7 @@ from geoexplora.data import (
 )
 from geoexplora.data.resumable import ResumableDataLoader
 from geoexplora.data.stats import NormalizationMode
-from geoexplora.data.temporal import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN
+from geoexplora.data.stack import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN, RasterStack
 from geoexplora.errors import GeoExploraError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         statistics_windows: random windows used to compute the statistics.
         normalization: ``standardize`` ((x - mean) / std) or ``percentile`` ((x - p2) / (p98 - p2)).
         seed: seed of the window positions and of the statistics windows.
-        temporal: read the files as dates of one place: samples (T, C, H, W).
+        temporal: read the files as a stack, dates of one place: samples (T, C, H, W) with their dates.
         dates: ISO dates of the files, in file order, for ``temporal`` (default: from the file names).
         date_pattern: regex whose ``date`` group finds the date in a file name, for ``temporal``.
         date_format: strftime format of that date.
@@ -101,11 +102,15 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         self.normalization = normalization
         self.seed = seed
         self.temporal = temporal
-        self.dates = dates
-        self.date_pattern = date_pattern
-        self.date_format = date_format
+        # A stack is checked here, before a run writes anything (dates, bands, grid; opens headers only).
+        self.stack = RasterStack.from_paths(self.paths, dates, date_pattern, date_format) if temporal else None
         self.dataset: GeoRasterDataset | None = None
         self.statistics: BandStatistics | None = None
+
+    @property
+    def num_dates(self) -> int | None:
+        """T, the dates of the stack; None when the files are not read as a stack."""
+        return len(self.stack) if self.stack is not None else None
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -120,9 +125,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             return
         common = dict(bands=self.bands, band_names=self.file_band_names, nodata=self.nodata)
         if self.temporal:
-            self.dataset = TemporalRasterDataset(
-                self.paths, dates=self.dates, date_pattern=self.date_pattern, date_format=self.date_format, **common
-            )
+            self.dataset = TemporalRasterDataset(self.stack, **common)
         else:
             self.dataset = GeoRasterDataset(self.paths, **common)
         self.statistics = self._read_statistics() if self.statistics_path else compute_band_statistics(
@@ -139,7 +142,8 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             raise GeoExploraError(f"{path}: cannot read band statistics ({type(err).__name__}: {err})") from None
 
     def sample_batch(self, count: int, seed: int) -> dict[str, Any]:
-        """``count`` seeded random windows read in this process and stacked (``image``, ``valid``), apart from
+        """``count`` seeded random windows read in this process and stacked (``image``, ``valid``, stacks'
+        ``dates``), apart from
         the training order (e.g. to fit data-initialised heads before the first step)."""
         samples = [self.dataset[query] for query in random_sampler(self.dataset, self.window_size, count, seed)]
         return stack_samples(samples)

@@ -3,6 +3,9 @@
 Only band-agnostic operations are used: resized crops, flips, 90-degree rotations, per-band
 brightness/contrast jitter and Gaussian blur. RGB-only colour operations (hue, saturation, grayscale)
 are deliberately absent.
+
+Stacks (B, T, C, H, W) are augmented with their dates folded into the channels, so every date of a
+sample gets the same crop, flip and rotation (the jitter stays per band and date).
 """
 
 from __future__ import annotations
@@ -96,9 +99,12 @@ class MultiCropAugmentation(nn.Module):
         self.local_view = pipeline(local_size, local_scale, 0.5)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """x: (B, C, H, W) float -> ([2 x (B, C, g, g)], [num_local x (B, C, l, l)]), on x's device."""
-        global_crops = [view(x) for view in self.global_views]
-        local_crops = [self.local_view(x) for _ in range(self.num_local)]
+        """x: (B, C, H, W) float -> ([2 x (B, C, g, g)], [num_local x (B, C, l, l)]), on x's device;
+        x: (B, T, C, H, W) -> crops (B, T, C, s, s), one spatial crop for all T dates of a sample."""
+        folded = x.flatten(1, 2) if x.ndim == 5 else x
+        unfold = (lambda y: y.unflatten(1, x.shape[1:3])) if x.ndim == 5 else (lambda y: y)
+        global_crops = [unfold(view(folded)) for view in self.global_views]
+        local_crops = [unfold(self.local_view(folded)) for _ in range(self.num_local)]
         return global_crops, local_crops
 
 
@@ -123,9 +129,17 @@ class MAEAugmentation(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, C, H, W), valid: optional (B, H, W) bool -> (B, C, s, s) and (B, s, s) bool or None.
 
-        An output pixel is valid only if every input pixel it was interpolated from was valid; invalid
-        input pixels are zeroed first so they cannot leak into valid ones.
+        Stacks: x (B, T, C, H, W), valid (B, T, H, W) -> (B, T, C, s, s), (B, T, s, s), one crop for all
+        dates. An output pixel is valid only if every input pixel it was interpolated from was valid;
+        invalid input pixels are zeroed first so they cannot leak into valid ones.
         """
+        if x.ndim == 5:
+            t, c = x.shape[1:3]
+            if valid is None:
+                return self.transform(x.flatten(1, 2)).unflatten(1, (t, c)), None
+            x = torch.where(valid.unsqueeze(2), x, torch.zeros((), dtype=x.dtype, device=x.device))
+            out = self.transform(torch.cat([x.flatten(1, 2), valid.to(x.dtype)], dim=1))
+            return out[:, : t * c].unflatten(1, (t, c)), out[:, t * c :] > 0.999
         if valid is None:
             return self.transform(x), None
         x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))

@@ -145,6 +145,41 @@ KINDS = [
 ]
 
 
+def _stack(names: tuple[str, ...], num_frames: int = 3, temporal: bool = True, **raster: object):
+    """A setup writing a stack (one tiny raster per name; ``raster`` changes the last) and ``stack.yaml``, a
+    temporal fine-tuning recipe over it with a date encoding for ``num_frames`` dates."""
+    def setup(folder: Path, inputs: dict[str, Path]) -> None:
+        for i, name in enumerate(names):
+            extra = raster if i == len(names) - 1 else {}
+            fake_rasters.write_raster(folder / "stack" / name, width=90, height=70, seed=i,
+                                      **{"count": 4, "descriptions": BANDS, **extra})
+        recipe = _recipe(folder / "stack.yaml", {**inputs, "scene": folder / "stack"})
+        config = yaml.safe_load(recipe.read_text())
+        config["model"]["backbone"].update(embed="temporal", num_frames=num_frames)
+        config["data"]["temporal"] = temporal
+        recipe.write_text(yaml.safe_dump(config))
+    return setup
+
+
+STACK = ("finetune", "--config", "stack.yaml", "--out", "run")
+DATED = ("S2_20200105.tif", "S2_20200310.tif")
+KINDS += [
+    Kind(55, "stack date that cannot be parsed", STACK, ("S2_latest.tif", "no date in the file name"),
+         setup=_stack((*DATED, "S2_latest.tif"))),
+    Kind(56, "stack with two files of one date", STACK, ("b_20200310.tif", "is also the date of"),
+         setup=_stack((*DATED, "b_20200310.tif"))),
+    Kind(57, "stack dates with other bands", STACK, ("S2_20200620.tif", "3 bands"),
+         setup=_stack((*DATED, "S2_20200620.tif"), count=3, descriptions=BANDS[:3])),
+    Kind(58, "stack dates on another grid", STACK, ("S2_20200620.tif", "misaligned"),
+         setup=_stack((*DATED, "S2_20200620.tif"), origin=(fake_rasters.DEFAULT_ORIGIN[0] + 5.0,
+                                                           fake_rasters.DEFAULT_ORIGIN[1]))),
+    Kind(59, "stack longer than the date encoding", STACK, ("3 dates", "more than the 2"),
+         setup=_stack((*DATED, "S2_20200620.tif"), num_frames=2)),
+    Kind(60, "temporal model given a single raster", STACK, ("temporal", "as a stack"),
+         setup=_stack(DATED, temporal=False)),
+]
+
+
 def _write_corrupt(path: Path) -> Path:
     """A tiled, compressed 4-band raster whose middle tiles are overwritten with garbage (header intact)."""
     data = fake_rasters.raster_values(width=256, height=256, count=4, dtype="float32", seed=3)

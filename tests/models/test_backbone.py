@@ -10,6 +10,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from geoexplora.errors import GeoExploraError
 from geoexplora.models.backbone import BackboneConfig, create_backbone
+from geoexplora.models.date_encoding import stack_dates
 
 from shared_paths import DINOV2_WEIGHTS
 
@@ -43,7 +44,7 @@ def test_rgb_backbone_equals_source_model(dinov2_reference, embed, extra):
     model = create_backbone(BackboneConfig(weights=DINOV2, img_size=56, embed=embed, **extra)).eval()
     x = torch.randn(2, 3, 56, 56)
     x_in = x[:, None] if embed == "temporal" else x
-    with torch.no_grad():
+    with torch.no_grad(), stack_dates(model, torch.tensor([[17_000]])):
         torch.testing.assert_close(model.forward_features(x_in), dinov2_reference.forward_features(x), rtol=0, atol=1e-6)
         # dynamic image size: another grid still matches (positions resampled the same way)
         y = torch.randn(1, 3, 70, 42)
@@ -66,7 +67,8 @@ def test_group_and_temporal_token_counts():
                                             band_groups=[["B02", "B03", "B04"], ["B05", "B06"]]))
     assert groups.forward_features(torch.randn(2, 5, 32, 32)).shape == (2, 1 + 2 * 16, 64)
     temporal = create_backbone(BackboneConfig(**TINY, embed="temporal", num_frames=3))
-    assert temporal.forward_features(torch.randn(2, 3, 3, 32, 32)).shape == (2, 1 + 3 * 16, 64)
+    with stack_dates(temporal, torch.tensor([[1, 2, 3], [4, 5, 6]])):
+        assert temporal.forward_features(torch.randn(2, 3, 3, 32, 32)).shape == (2, 1 + 3 * 16, 64)
 
 
 def test_pth_with_model_wrapper_loads_like_safetensors(tmp_path, tiny_weights):

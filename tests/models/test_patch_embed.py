@@ -12,8 +12,8 @@ from geoexplora.models.patch_embed import (
     SpectralPatchEmbed,
     TemporalPatchEmbed,
     carry_rgb_kernel,
-    date_encoding,
 )
+from geoexplora.models.date_encoding import DateEncoding, stack_dates, year_and_day
 
 from shared_paths import DINOV2_WEIGHTS
 
@@ -99,20 +99,49 @@ def test_group_embed_rejects_bad_groups():
         GroupPatchEmbed(["red", "green", "blue"], [["red", "green"]], img_size=32, patch_size=8, embed_dim=16)
 
 
-def test_date_encoding_is_zero_at_first_date_and_distinct():
-    enc = date_encoding(torch.arange(4), 16)
-    assert enc.shape == (4, 16)
-    assert torch.equal(enc[0], torch.zeros(16))
-    assert torch.cdist(enc[1:], enc[1:]).add(torch.eye(3)).min() > 0.1
+def test_year_and_day_match_the_calendar():
+    from datetime import date, timedelta
+    days = torch.arange(-400_000, 400_000, 1_237)
+    year, doy = year_and_day(days)
+    expected = [date(1970, 1, 1) + timedelta(days=int(d)) for d in days]
+    assert year.tolist() == [d.year for d in expected]
+    assert doy.tolist() == [d.timetuple().tm_yday for d in expected]
+
+
+def test_date_encoding_starts_at_zero_and_separates_dates_once_trained():
+    encoding = DateEncoding(16)
+    days = torch.tensor([[16_000, 16_100, 16_465]])  # two seasons, then the first one a year later
+    assert torch.equal(encoding(days), torch.zeros(1, 3, 16))
+    features = encoding.features(days)[0]  # the fixed SatMAE-style features (year | day of year)
+    assert features.shape == (3, 128)
+    assert torch.cdist(features, features).add(torch.eye(3) * 1e3).min() > 0.5
+    encoding.weight.data.normal_()
+    out = encoding(days)[0]
+    assert torch.cdist(out, out).add(torch.eye(3) * 1e3).min() > 0.5
 
 
 def test_temporal_embed_shares_projection_and_adds_dates():
     torch.manual_seed(0)
     embed = TemporalPatchEmbed(["red", "green", "blue", "nir"], num_frames=3, img_size=32, patch_size=8, embed_dim=16)
+    embed.date_encoding.weight.data.normal_()
     frame = torch.randn(1, 1, 4, 32, 32)
-    out = embed(frame.expand(2, 3, -1, -1, -1))
+    days = torch.tensor([[18_000, 18_050, 18_200]])
+    with stack_dates(nn_holder(embed), days):
+        out = embed(frame.expand(2, 3, -1, -1, -1))  # 2 samples share the dates of 1 (crops of one batch)
     assert out.shape == (2, 3 * 16, 16)
     per_date = out.reshape(2, 3, 16, 16)
-    torch.testing.assert_close(per_date[:, 1] - per_date[:, 0], embed.date_embed[1].expand(2, 16, 16))
-    with pytest.raises(GeoExploraError, match=r"\(B, 3, C, H, W\)"):
-        embed(torch.randn(2, 2, 4, 32, 32))
+    shift = embed.date_encoding(days)[0]
+    torch.testing.assert_close(per_date[:, 1] - per_date[:, 0], (shift[1] - shift[0]).expand(2, 16, 16))
+    with stack_dates(nn_holder(embed), days[:, :2]):
+        assert embed(frame.expand(1, 2, -1, -1, -1)).shape == (1, 2 * 16, 16)  # fewer dates than num_frames
+        with pytest.raises(GeoExploraError, match=r"1 <= T <= 3"):
+            embed(torch.randn(1, 4, 4, 32, 32))
+    with pytest.raises(GeoExploraError, match="needs the dates"):
+        embed(frame)
+
+
+def nn_holder(embed: torch.nn.Module) -> torch.nn.Module:
+    """A module whose ``patch_embed`` is ``embed`` (what ``stack_dates`` sets dates on)."""
+    holder = torch.nn.Module()
+    holder.patch_embed = embed
+    return holder

@@ -144,7 +144,7 @@ def test_nodata_windows_are_skipped_and_nan_never_reaches_the_loss():
     image[0, :, :5, :5] = float("nan")  # NaN pixels in a usable window
     valid[0, :5, :5] = False
     valid[1] = False  # a window without any valid pixel
-    normalised, kept_valid = task._inputs({"image": image, "valid": valid})
+    normalised, kept_valid, _ = task._inputs({"image": image, "valid": valid})
     assert task.skipped_windows == 1 and normalised.shape[0] == kept_valid.shape[0] == 2
     assert torch.isfinite(normalised).all()
     global_crops, local_crops = task.augment(normalised)

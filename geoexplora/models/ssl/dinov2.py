@@ -144,11 +144,13 @@ class DINOv2Objective(nn.Module):
         self.weights = {"dino": o.dino_weight, "ibot": o.ibot_weight, "koleo": o.koleo_weight}
 
     def _masks(self, crops: torch.Tensor) -> torch.Tensor:
-        """iBOT masks (B, N) bool for global crops (B, C, H, W), on their device."""
+        """iBOT masks (B, N) bool for global crops (B, C, H, W), on their device; stacks (B, T, C, H, W)
+        get one mask per date, (B, T*N) date-major."""
         ph, pw = self.student.backbone.patch_embed.patch_size
         grid = (crops.shape[-2] // ph, crops.shape[-1] // pw)
-        masks = ibot_masks(crops.shape[0], grid, self.options.mask_ratio, self.options.mask_probability)
-        return masks.to(crops.device)
+        frames = crops.shape[1] if crops.ndim == 5 else 1
+        masks = ibot_masks(crops.shape[0] * frames, grid, self.options.mask_ratio, self.options.mask_probability)
+        return masks.reshape(crops.shape[0], -1).to(crops.device)
 
     def prototype_parameters(self) -> list[nn.Parameter]:
         """The heads' last layers (prototypes and their gains): frozen for ``freeze_prototypes_steps``."""

@@ -1,4 +1,11 @@
-"""The MAE objective on a timm ViT: mask 75% of patches, reconstruct their normalised pixels."""
+"""The MAE objective on a timm ViT: mask 75% of patches, reconstruct their normalised pixels.
+
+Stacks (N, T, C, H, W) with a temporal backbone: the encoder sees the T x L date-major tokens (dates set
+from ``days`` (N, T)), masking is ``independent`` (any of the T*L tokens) or ``consistent`` (the same
+patches hidden at every date, SatMAE's ``same_mask``: the model cannot copy a patch from another date),
+and the decoder adds the spatial sine-cosine table tiled over the dates plus fixed sine-cosine features
+of each date (year, day of year; SatMAE adds its timestamps to the decoder the same way).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,10 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from geoexplora.errors import GeoExploraError
-from geoexplora.models.ssl.masking import random_masking
+from geoexplora.models.date_encoding import date_features, stack_dates
+from geoexplora.models.ssl.masking import consistent_masking, random_masking
+
+TIME_MASKING = ("independent", "consistent")
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -44,6 +54,7 @@ class MAEObjective(nn.Module):
         mask_ratio: Share of patches hidden from the encoder.
         norm_pix_loss: Reconstruct per-patch normalised pixels.
         in_chans: Bands C; defaults to the input channels of ``backbone.patch_embed.proj``.
+        time_masking: for stacks, ``independent`` or ``consistent`` masking across the dates.
     """
 
     def __init__(
@@ -55,8 +66,12 @@ class MAEObjective(nn.Module):
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
         in_chans: int | None = None,
+        time_masking: str = "independent",
     ) -> None:
         super().__init__()
+        if time_masking not in TIME_MASKING:
+            raise GeoExploraError(f"time_masking must be one of {TIME_MASKING}, got {time_masking!r}")
+        self.time_masking = time_masking
         self.backbone = backbone
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -143,12 +158,18 @@ class MAEObjective(nn.Module):
         x = patches.reshape(n, grid[0], grid[1], ph, pw, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(n, c, grid[0] * ph, grid[1] * pw)
 
-    def random_masking(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: (N, L, D) -> kept (N, L_keep, D), mask (N, L) with 1 = removed, ids_restore (N, L)."""
+    def random_masking(self, x: torch.Tensor, frames: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (N, L, D) -> kept (N, L_keep, D), mask (N, L) with 1 = removed, ids_restore (N, L).
+
+        ``frames`` T > 1: x holds T date-major sets of L/T patches, masked as ``time_masking`` says.
+        """
+        if frames > 1 and self.time_masking == "consistent":
+            return consistent_masking(x, self.mask_ratio, frames)
         return random_masking(x, self.mask_ratio)
 
     def forward_encoder(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """imgs: (N, C, H, W) -> latent (N, P + L_keep, D), mask (N, L), ids_restore (N, L).
+        """imgs: (N, C, H, W) or stacks (N, T, C, H, W) -> latent (N, P + L_keep, D), mask (N, L),
+        ids_restore (N, L); L counts the patches of all dates (T x grid).
 
         Position embeddings (and the P prefix tokens) are added by timm's ``_pos_embed`` before the
         patch tokens are dropped; timm's ``patch_drop`` is not used (the MAE masking replaces it).
@@ -156,19 +177,27 @@ class MAEObjective(nn.Module):
         vit = self.backbone
         x = vit._pos_embed(vit.patch_embed(imgs))
         prefix = vit.num_prefix_tokens
-        kept, mask, ids_restore = self.random_masking(x[:, prefix:])
+        kept, mask, ids_restore = self.random_masking(x[:, prefix:], imgs.shape[1] if imgs.ndim == 5 else 1)
         x = torch.cat([x[:, :prefix], kept], dim=1)
         return vit.norm(vit.blocks(vit.norm_pre(x))), mask, ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """latent: (N, P + L_keep, D), ids_restore: (N, L) -> predicted patches (N, L, ph * pw * C)."""
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int],
+                        days: torch.Tensor | None = None) -> torch.Tensor:
+        """latent: (N, P + L_keep, D), ids_restore: (N, L) -> predicted patches (N, L, ph * pw * C).
+
+        ``days`` (N, T) for stacks: L = T x grid patches, date-major.
+        """
         prefix = self.backbone.num_prefix_tokens
         x = self.decoder_embed(latent)
         n, length = ids_restore.shape
         masked = self.mask_token.expand(n, length + prefix - x.shape[1], -1)
         patches = torch.cat([x[:, prefix:], masked], dim=1)
         patches = patches.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        patches = patches + sincos_pos_embed(x.shape[-1], grid).to(x)
+        positions = sincos_pos_embed(x.shape[-1], grid).to(x)
+        if days is not None:
+            when = date_features(days, x.shape[-1]).to(x)  # (N, T, D')
+            positions = (positions.unsqueeze(0).unsqueeze(0) + when.unsqueeze(2)).flatten(1, 2)
+        patches = patches + positions
         x = torch.cat([x[:, :prefix], patches], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
@@ -206,20 +235,31 @@ class MAEObjective(nn.Module):
         counted = mask * (weight.sum(dim=-1) > 0)
         return (per_patch * counted).sum() / counted.sum().clamp(min=1)
 
-    def forward(self, imgs: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, imgs: torch.Tensor, valid: torch.Tensor | None = None,
+                days: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """imgs: (N, C, H, W), valid: optional (N, H, W) bool -> ``loss``, ``pred`` (N, L, ph*pw*C), ``mask`` (N, L).
 
-        Invalid (nodata) pixels are set to 0 before the encoder and left out of the loss, so their values
-        do not matter.
+        Stacks: imgs (N, T, C, H, W), valid (N, T, H, W), ``days`` (N, T) int64 days since 1970-01-01;
+        ``pred`` (N, T*L, ph*pw*C) and ``mask`` (N, T*L), date-major. Invalid (nodata) pixels are set to 0
+        before the encoder and left out of the loss, so their values do not matter.
         """
-        if imgs.shape[1] != self.in_chans:
-            raise GeoExploraError(f"the MAE decoder predicts {self.in_chans} bands, the input has {imgs.shape[1]}")
+        if imgs.shape[-3] != self.in_chans:
+            raise GeoExploraError(f"the MAE decoder predicts {self.in_chans} bands, the input has {imgs.shape[-3]}")
+        if (imgs.ndim == 5) != (days is not None):
+            raise GeoExploraError(f"MAE input of shape {tuple(imgs.shape)}: stacks (N, T, C, H, W) need their days, "
+                                  "single images none")
         grid = self.grid(imgs)
         if valid is not None:
-            imgs = torch.where(valid.unsqueeze(1), imgs, torch.zeros((), dtype=imgs.dtype, device=imgs.device))
-        latent, mask, ids_restore = self.forward_encoder(imgs)
-        pred = self.forward_decoder(latent, ids_restore, grid)
-        return {"loss": self.forward_loss(imgs, pred, mask, valid), "pred": pred, "mask": mask}
+            imgs = torch.where(valid.unsqueeze(-3), imgs, torch.zeros((), dtype=imgs.dtype, device=imgs.device))
+        with stack_dates(self.backbone, days):
+            latent, mask, ids_restore = self.forward_encoder(imgs)
+        pred = self.forward_decoder(latent, ids_restore, grid, days)
+        if imgs.ndim == 4:
+            return {"loss": self.forward_loss(imgs, pred, mask, valid), "pred": pred, "mask": mask}
+        n, t = imgs.shape[:2]
+        loss = self.forward_loss(imgs.flatten(0, 1), pred.reshape(n * t, -1, pred.shape[-1]), mask.reshape(n * t, -1),
+                                 None if valid is None else valid.flatten(0, 1))
+        return {"loss": loss, "pred": pred, "mask": mask}
 
     @torch.no_grad()
     def reconstruction_preview(

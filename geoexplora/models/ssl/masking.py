@@ -113,3 +113,31 @@ def random_masking(
     mask = torch.ones(n, length, device=x.device)
     mask[:, :len_keep] = 0
     return kept, mask.gather(1, ids_restore), ids_restore
+
+
+def consistent_masking(
+    x: torch.Tensor, mask_ratio: float, frames: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random token dropping that hides the same patches at every date (SatMAE's ``same_mask``).
+
+    Args:
+        x: (N, T*L, D) tokens, date-major (T = ``frames`` sets of L patches).
+        mask_ratio: Share of each date's patches removed, in [0, 1).
+        frames: T.
+
+    Returns:
+        As :func:`random_masking`: kept (N, T*L_keep, D) with ``L_keep = round((1 - mask_ratio) * L)``,
+        mask (N, T*L) (identical for every date), ids_restore (N, T*L).
+    """
+    n, length, dim = x.shape
+    patches = length // frames
+    len_keep = int(round((1 - mask_ratio) * patches))
+    spatial = torch.rand(n, patches, device=x.device).argsort(dim=1)  # (N, L)
+    offsets = torch.arange(frames, device=x.device).view(1, frames, 1) * patches
+    per_date = spatial.unsqueeze(1) + offsets  # (N, T, L): the same order at every date
+    ids_shuffle = torch.cat([per_date[:, :, :len_keep].flatten(1), per_date[:, :, len_keep:].flatten(1)], dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    kept = x.gather(1, ids_shuffle[:, : frames * len_keep].unsqueeze(-1).expand(-1, -1, dim))
+    mask = torch.ones(n, length, device=x.device)
+    mask[:, : frames * len_keep] = 0
+    return kept, mask.gather(1, ids_restore), ids_restore

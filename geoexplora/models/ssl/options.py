@@ -160,6 +160,8 @@ class MAEOptions:
             (``mae_pretrain_vit_*_full``) were trained without it, so a loaded decoder predicts raw
             normalised pixels.
         preview_every_n_steps: save a reconstruction PNG under ``<out>/previews`` every N steps (0: never).
+        time_masking: stacks with a temporal backbone: ``independent`` (any token of any date) or
+            ``consistent`` (the same patches hidden at every date, SatMAE's ``same_mask``).
     """
 
     crop_size: int = 224
@@ -171,8 +173,11 @@ class MAEOptions:
     decoder_lora_rank: int = 8
     norm_pix_loss: bool = False
     preview_every_n_steps: int = 0
+    time_masking: Literal["independent", "consistent"] = "independent"
 
     def __post_init__(self) -> None:
+        if self.time_masking not in ("independent", "consistent"):
+            raise GeoExploraError(f"mae.time_masking must be 'independent' or 'consistent', got {self.time_masking!r}")
         if not 0 < self.mask_ratio < 1:
             raise GeoExploraError(f"mae.mask_ratio must be in (0, 1), got {self.mask_ratio!r}")
         for name in ("crop_size", "decoder_dim", "decoder_depth", "decoder_heads", "decoder_lora_rank"):
