@@ -35,12 +35,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _comma_list(text: str, what: str) -> list[str]:
+    items = [b.strip() for b in text.split(",") if b.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"give comma-separated {what}")
+    return items
+
+
 def band_list(text: str) -> list[str]:
     """``"B02, B03,B04"`` -> ``["B02", "B03", "B04"]`` (an argparse ``type``)."""
-    names = [b.strip() for b in text.split(",") if b.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give comma-separated band names, e.g. B02,B03,B04")
-    return names
+    return _comma_list(text, "band names, e.g. B02,B03,B04")
+
+
+def date_list(text: str) -> list[str]:
+    """``"2020-01-05,2020-03-10"`` -> its items (an argparse ``type``; parsed as dates by the stack)."""
+    return _comma_list(text, "dates, e.g. 2020-01-05,2020-03-10")
 
 
 def device_name(text: str) -> str:

@@ -10,18 +10,25 @@ several rasters over N worker processes (:mod:`geoexplora.cli.multi_device`). He
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from geoexplora.cli.options import (
     add_checkpoint_options,
     add_device_option,
     add_file_bands_option,
     add_renamed_bands_flag,
+    date_list,
 )
 from geoexplora.cli.run_folder import check_writable_folder
 from geoexplora.errors import GeoExploraError
+
+if TYPE_CHECKING:
+    from geoexplora.data.stack import RasterStack
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=int, help="window overlap in pixels (default 32, at most a quarter tile)")
     parser.add_argument("--batch-size", type=int, default=8)
     add_device_option(parser)
+    parser.add_argument("--stack", action="store_true",
+                        help="the rasters (files or a folder) are the dates of one place, for a temporal checkpoint: "
+                             "one map on the first date's grid; dates from the file names or --dates")
+    parser.add_argument("--dates", type=date_list, metavar="YYYY-MM-DD,...",
+                        help="with --stack: the files' dates, in the order the files are given")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="spread several rasters over N worker processes: one per GPU, or N CPU processes "
                              "(default 1)")
@@ -113,7 +125,15 @@ def run(args: argparse.Namespace) -> int:
     _check_window(args, backbone.patch_pixels)
     args.tile = args.tile or config.preprocessing.window_size
     args.overlap = args.overlap if args.overlap is not None else min(32, args.tile // 4)
-    rasters = find_raster_files(args.raster, config.preprocessing.model_bands)
+    temporal = backbone.embed == "temporal"
+    if temporal != args.stack:
+        raise GeoExploraError(f"{args.checkpoint}: a temporal checkpoint predicts a stack of dated rasters; pass "
+                              "--stack" if temporal else f"{args.checkpoint}: --stack needs a temporal checkpoint "
+                              "(model.backbone.embed: temporal); this one predicts each raster on its own")
+    if args.dates and not args.stack:
+        raise GeoExploraError("--dates goes with --stack")
+    stack = _stack(args) if args.stack else None
+    rasters = [stack.paths[0]] if stack is not None else find_raster_files(args.raster, config.preprocessing.model_bands)
     outputs = _outputs(rasters, args.out)
     if args.devices > 1:
         from geoexplora.cli.multi_device import worker_devices
@@ -137,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         grid = WindowGrid(source.width, source.height, args.tile, args.overlap)
         check_tile_memory(grid, prediction_bytes(grid, len(indexes), max(len(config.classes), 1), args.batch_size,
                                                  backbone.patch_pixels, backbone.embed_dim or 768))
-        plans.append(RasterPlan(raster, out, indexes, probabilities, vector, finished))
+        plans.append(RasterPlan(raster, out, indexes, probabilities, vector, finished, stack))
         sizes.append(source.width * source.height)
     if args.devices == 1 or len(plans) == 1:
         predict_plans(args, plans, device if args.devices == 1 else devices[0])
@@ -157,6 +177,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack(args: argparse.Namespace) -> RasterStack:
+    """The ``--raster`` files (or folder) as one checked stack of dates."""
+    from geoexplora.data.stack import RasterStack
+
+    stack = RasterStack.from_paths(args.raster, dates=args.dates)
+    if len(stack) == 1:
+        logger.warning("%s: a stack of one date; the temporal model sees a single date", stack.paths[0])
+    return stack
+
+
 class RasterPlan(NamedTuple):
     """One raster's prediction, checked: its output paths, file band indexes (1-based) and whether a
     ``--resume`` finds it complete."""
@@ -167,6 +197,7 @@ class RasterPlan(NamedTuple):
     probabilities: Path | None
     vector: Path | None
     finished: bool
+    stack: RasterStack | None = None
 
 
 def predict_plans(args: argparse.Namespace, plans: list[RasterPlan], device: str) -> None:
@@ -190,7 +221,7 @@ def predict_plans(args: argparse.Namespace, plans: list[RasterPlan], device: str
                 model, plan.raster, plan.out, probabilities=plan.probabilities or False, bands=args.file_bands,
                 tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
                 overwrite=args.overwrite, resume=args.resume, allow_no_crs=args.allow_no_crs,
-                reader_threads=args.reader_threads,
+                reader_threads=args.reader_threads, stack=plan.stack,
             )
             print(summary)
             if not args.no_preview:

@@ -12,13 +12,17 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import rasterio
 import torch
 
 from geoexplora.data.raster import inspect_raster
 from geoexplora.data.sources import as_input_path
+from geoexplora.data.stack import RasterStack
 from geoexplora.errors import GeoExploraError
 from geoexplora.inference.bands import model_band_indexes
 from geoexplora.inference.predict import PredictSummary, predict_raster
+from geoexplora.inference.stack_reader import StackModel, StackSource
+from geoexplora.inference.windows import WindowGrid
 from geoexplora.models import CheckpointConfig, GeoModel, Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -75,6 +79,7 @@ def predict_with_model(
     allow_no_crs: bool = False,
     progress: bool = True,
     reader_threads: int = 1,
+    stack: RasterStack | None = None,
 ) -> PredictSummary:
     """Predict ``raster`` into the class map ``out`` (COG) with ``model``; see :func:`predict_raster`.
 
@@ -85,23 +90,50 @@ def predict_with_model(
         tile: window side (default: the window size the model was trained on); overlap: default
             ``min(32, tile // 4)``.
         reader_threads: threads reading windows (outputs do not depend on it).
+        stack: for a temporal checkpoint, the dated rasters of one place (``raster`` is ignored: the
+            outputs take the stack's first date's grid); each window holds every date.
 
     The class map stores the classes' label values with a colour table and class names; every output is
     tagged with the checkpoint's sha256, the geoexplora version, the tile and the overlap.
     """
-    raster, out = as_input_path(raster), Path(out)
     check_predictable(model.config, model.directory)
+    check_stack(model, stack)
+    raster = stack.paths[0] if stack is not None else as_input_path(raster)
+    out = Path(out)
     indexes = band_indexes(model.preprocessing, raster, bands)
     device = resolve_device(device)
     model.to(device)
     tile = tile or model.preprocessing.window_size
+    overlap = overlap if overlap is not None else min(32, tile // 4)
     probs = out.with_name(f"{out.stem}.probabilities.tif") if probabilities is True else probabilities or None
+    network, normalize, source, tags = model.model, model.normalizer(), None, {"checkpoint_sha256": model.sha256}
+    if stack is not None:
+        network = StackModel(model.model, model.backbone, normalize, stack.days).to(device)
+        with rasterio.open(raster) as first:
+            grid = WindowGrid(first.width, first.height, tile, overlap)
+        source, normalize = StackSource(stack, grid, indexes), None
+        tags["stack_dates"] = ",".join(d.isoformat() for d in stack.dates)
     return predict_raster(
-        raster, out, model.model, num_classes=len(model.classes), tile=tile,
-        overlap=overlap if overlap is not None else min(32, tile // 4), batch_size=batch_size, device=device,
-        normalize=model.normalizer(), bands=indexes,
+        raster, out, network, num_classes=len(model.classes), tile=tile,
+        overlap=overlap, batch_size=batch_size, device=device,
+        normalize=normalize, bands=indexes,
         mode="segmentation" if model.task.kind == "segmentation" else "classification",
         probabilities=None if probs is None else Path(probs), overwrite=overwrite, resume=resume,
         progress=progress, allow_no_crs=allow_no_crs, classes=model.classes,
-        tags={"checkpoint_sha256": model.sha256}, reader_threads=reader_threads,
+        tags=tags, reader_threads=reader_threads, window_source=source,
     )
+
+
+def check_stack(model: GeoModel, stack: RasterStack | None) -> None:
+    """A temporal checkpoint needs a stack of at most its ``num_frames`` dates; any other, a single raster."""
+    backbone = model.config.backbone
+    temporal = backbone.embed == "temporal"
+    if temporal and stack is None:
+        raise GeoExploraError(f"{model.directory}: a temporal checkpoint predicts stacks of dated rasters; "
+                              "give the dates' files with --stack")
+    if stack is not None and not temporal:
+        raise GeoExploraError(f"{model.directory}: not a temporal checkpoint; predict each date on its own "
+                              "(without --stack)")
+    if stack is not None and backbone.num_frames is not None and len(stack) > backbone.num_frames:
+        raise GeoExploraError(f"{stack.paths[0].parent}: {len(stack)} dates, more than the {backbone.num_frames} "
+                              "the checkpoint's date encoding was trained with")

@@ -41,7 +41,7 @@ from geoexplora.errors import GeoExploraError
 from geoexplora.inference.heap import hold_mmap_threshold
 from geoexplora.inference.memory import chunk_columns
 from geoexplora.inference.reader import (
-    GDAL_CACHE_BYTES, Batch, RasterSource, WindowReader, normalize_images, warn_if_striped,
+    GDAL_CACHE_BYTES, Batch, RasterSource, WindowReader, WindowSource, normalize_images, warn_if_striped,
 )
 from geoexplora.inference.rows import PROBABILITY_NODATA, PROBABILITY_SCALE, ClassificationRows, SegmentationRows
 from geoexplora.inference.windows import WindowGrid
@@ -134,6 +134,7 @@ def predict_raster(
     tags: Mapping[str, str] | None = None,
     reader_threads: int = 1,
     chunk_windows: int | None = None,
+    window_source: WindowSource | None = None,
 ) -> PredictSummary:
     """Run ``model`` over every window of ``raster`` and write the class map to ``out`` as a COG.
 
@@ -181,6 +182,9 @@ def predict_raster(
         chunk_windows: window columns blended per chunk (default: as many as fit
             :data:`~geoexplora.inference.memory.BLEND_CHUNK_BYTES`). Outputs do not depend on it, nor on
             ``reader_threads``.
+        window_source: where the windows come from instead of ``raster``'s ``bands``, on ``raster``'s grid
+            (e.g. a :class:`~geoexplora.inference.stack_reader.StackSource` of dated rasters, whose first
+            date is ``raster``); its ``identity`` joins what ``resume`` checks.
 
     Raises:
         GeoExploraError: before any work, for a missing/unreadable/truncated raster, a raster without
@@ -193,6 +197,8 @@ def predict_raster(
     source = check_raster(raster, allow_no_crs)
     band_indexes = check_bands(raster, source.count, bands)
     grid = WindowGrid(source.width, source.height, tile, overlap)
+    if window_source is not None and window_source.grid != grid:
+        raise GeoExploraError(f"{window_source.path}: its windows are not {raster}'s {tile} px grid")
     if mode not in ("segmentation", "classification"):
         raise GeoExploraError(f"mode {mode!r}: use 'segmentation' or 'classification'")
     if batch_size < 1:
@@ -218,7 +224,7 @@ def predict_raster(
         specs = describe_outputs(output_specs(source, grid, mode, paths, num_classes, dtype, nodata), classes,
                                  {**(tags or {}), "mode": mode, "tile": str(tile), "overlap": str(overlap)})
         key = params_key(source, model, normalize, band_indexes, tile, overlap, batch_size, mode, num_classes,
-                         nodata, paths, allow_no_crs, values)
+                         nodata, paths, allow_no_crs, values, getattr(window_source, "identity", None))
         if isinstance(model, nn.Module):
             model.eval()
         warn_if_striped(raster, tile, reader_threads)
@@ -236,7 +242,8 @@ def predict_raster(
             if mode == "segmentation" else ClassificationRows(grid, values, dtype, nodata, with_probs)
         # On the CPU the reading threads are the spare cores: they normalise; elsewhere the device does.
         in_reader, on_device = (normalize, None) if device.type == "cpu" else (None, normalize)
-        reader = WindowReader(RasterSource(raster, grid, band_indexes), batch_size=batch_size, normalize=in_reader,
+        windows = window_source if window_source is not None else RasterSource(raster, grid, band_indexes)
+        reader = WindowReader(windows, batch_size=batch_size, normalize=in_reader,
                               start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
                               pin_memory=device.type == "cuda", threads=reader_threads)
         todo = len(grid) - first_row * grid.cols

@@ -177,6 +177,10 @@ KINDS += [
          setup=_stack((*DATED, "S2_20200620.tif"), num_frames=2)),
     Kind(60, "temporal model given a single raster", STACK, ("temporal", "as a stack"),
          setup=_stack(DATED, temporal=False)),
+    Kind(61, "predict --stack with a single-date checkpoint", (*PS, "--out", "o.tif", "--stack"),
+         ("--stack needs a temporal checkpoint",)),
+    Kind(62, "predict --dates without --stack", (*PS, "--out", "o.tif", "--dates", "2020-01-05"),
+         ("--dates goes with --stack",)),
 ]
 
 

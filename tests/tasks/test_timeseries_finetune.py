@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 import timm
 import torch
 import yaml
@@ -58,6 +60,22 @@ def test_recipe_pretrain_finetune_evaluate(shared_data: Path, tmp_path: Path, mo
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert scores["classes"] == ["0", "1", "2", "3", "4", "8"] and 0.0 <= scores["mIoU"] <= 1.0
     assert sum(map(sum, scores["confusion_matrix"])) > 0
+    # predict --stack: one map on the earliest date's grid, the dates in its metadata
+    files = [str(REPO / f) for f in data["image"]]
+    predict = ["predict", "--stack", "--raster", *files, "--dates", ",".join(map(str, dates)), "--checkpoint",
+               str(checkpoint), "--tile", "32", "--overlap", "8", "--no-preview", "--probabilities", "--threads", "1"]
+    assert main([*predict, "--out", str(tmp_path / "lulc.tif")]) == 0
+    earliest = files[[str(d) for d in dates].index(min(map(str, dates)))]
+    with rasterio.open(tmp_path / "lulc.tif") as pred, rasterio.open(earliest) as first:
+        assert (pred.crs, pred.transform, pred.shape) == (first.crs, first.transform, first.shape)
+        assert pred.tags()["stack_dates"] == ",".join(sorted(map(str, dates)))
+        assert set(np.unique(pred.read(1))) <= {0, 1, 2, 3, 4, 8, 255}
+    assert main([*predict, "--out", str(tmp_path / "again.tif"), "--reader-threads", "2"]) == 0
+    assert (tmp_path / "again.tif").read_bytes() == (tmp_path / "lulc.tif").read_bytes()
+    capsys.readouterr()
+    single = ["predict", "--raster", files[0], "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.tif")]
+    assert main(single) == 2  # a temporal checkpoint and one raster: one line, nothing written
+    assert "pass --stack" in capsys.readouterr().err and not (tmp_path / "x.tif").exists()
 
 
 @pytest.fixture(scope="module")
