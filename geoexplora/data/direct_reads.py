@@ -20,8 +20,10 @@ opened before a DataLoader forks its workers would share its file offset with th
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -45,12 +47,25 @@ GRID_TOLERANCE = 1e-6  # pixels: a window offset this close to an integer is on 
 
 class ProcessHandles:
     """Open datasets by key, for the process that opened them; the least recently used beyond ``maxsize``
-    are dropped (closed when collected). Pickles empty, so a spawned worker opens its own."""
+    are dropped (closed when collected). Pickles empty, so a spawned worker opens its own. Every cache is
+    closed at interpreter exit, while rasterio can still close its datasets (left to the final garbage
+    collection, each would print ``Error in sys.excepthook``)."""
 
     def __init__(self, maxsize: int = MAX_OPEN_FILES) -> None:
         self.maxsize = maxsize
         self._pid = os.getpid()
         self._handles: OrderedDict[Hashable, Any] = OrderedDict()
+        _OPEN_CACHES.add(self)
+
+    def close(self) -> None:
+        """Close this process's open datasets."""
+        handles, self._handles = self._handles, OrderedDict()
+        if self._pid == os.getpid():
+            for handle in handles.values():
+                dataset = handle.src if isinstance(handle, DirectFile) else handle
+                for opened in (dataset, getattr(dataset, "src_dataset", None)):  # a WarpedVRT and its file
+                    if opened is not None:
+                        opened.close()
 
     def get(self, key: Hashable, open_handle: Callable[[], Any]) -> Any:
         if self._pid != os.getpid():  # a forked worker: never read through the parent's file offsets
@@ -68,6 +83,15 @@ class ProcessHandles:
 
     def __setstate__(self, state: dict[str, int]) -> None:
         self.__init__(state["maxsize"])
+
+
+_OPEN_CACHES: weakref.WeakSet[ProcessHandles] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_caches() -> None:
+    for cache in list(_OPEN_CACHES):
+        cache.close()
 
 
 def has_mask(src: DatasetReader, bands: Sequence[int] | None = None) -> bool:
