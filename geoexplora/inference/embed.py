@@ -433,7 +433,7 @@ def _pass_two(
     info, g, step = source.info, tile // p, stride // p
     width, height = math.ceil(info.width / p), math.ceil(info.height / p)
     spec = OutputSpec(path, k, "float32", float("nan"), width, height, info.crs, info.transform @ Affine.scale(p),
-                      descriptions=tuple(f"pc{j + 1}" for j in range(k)))
+                      descriptions=tuple(f"pc{j + 1}" for j in range(k)), overview_resampling="AVERAGE")
     grid = WindowGrid(info.width, info.height, tile, tile - stride)
     row_buffer = np.full((k, g, width), np.nan, dtype=np.float32)
     reader = WindowReader(info.path, grid, source.bands, batch_size, normalize, prefetch=prefetch,

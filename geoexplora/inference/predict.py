@@ -364,12 +364,13 @@ def output_specs(
         width, height, transform = source.width, source.height, source.transform
     else:
         width, height, transform = grid.cols, grid.rows, source.transform @ Affine.scale(grid.stride)
-    specs = [OutputSpec(paths[0], 1, dtype, nodata, width, height, source.crs, transform, descriptions=("class",))]
+    specs = [OutputSpec(paths[0], 1, dtype, nodata, width, height, source.crs, transform, descriptions=("class",),
+                        overview_resampling="MODE")]
     if len(paths) > 1:
         specs.append(OutputSpec(
             paths[1], num_classes, "uint8", PROBABILITY_NODATA, width, height, source.crs, transform,
             scales=(1 / PROBABILITY_SCALE,) * num_classes,
-            descriptions=tuple(f"probability class {k}" for k in range(num_classes)),
+            descriptions=tuple(f"probability class {k}" for k in range(num_classes)), overview_resampling="AVERAGE",
         ))
     return specs
 

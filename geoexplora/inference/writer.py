@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -43,7 +43,6 @@ COG_OPTIONS = {
     "COMPRESS": "DEFLATE",
     "BLOCKSIZE": 512,
     "OVERVIEWS": "AUTO",
-    "OVERVIEW_RESAMPLING": "NEAREST",
     "BIGTIFF": "IF_SAFER",
 }
 # GDAL's block cache during the COG copy: its overview pass fills whatever it is given (about 500 MiB more at
@@ -68,6 +67,9 @@ class OutputSpec:
         colormap: GDAL colour table of band 1, pixel value -> (r, g, b), or None.
         tags: dataset metadata (default domain), or None.
         band_tags: per-band metadata, or None.
+        overview_resampling: how GDAL builds the COG's overviews: ``MODE`` for class maps (the most
+            frequent class, never a blend of two), ``AVERAGE`` for probabilities and embeddings
+            (nodata pixels left out), ``NEAREST`` otherwise.
     """
 
     path: Path
@@ -83,6 +85,7 @@ class OutputSpec:
     colormap: Mapping[int, tuple[int, int, int]] | None = None
     tags: Mapping[str, str] | None = None
     band_tags: tuple[Mapping[str, str], ...] | None = None
+    overview_resampling: Literal["NEAREST", "MODE", "AVERAGE"] = "NEAREST"
 
     @property
     def partial(self) -> Path:
@@ -148,7 +151,8 @@ class BlockWriter:
         cogs = [partial_path(spec.path, ".cog.tif") for spec in self.outputs]
         with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
             for spec, cog in zip(self.outputs, cogs, strict=True):
-                rasterio.shutil.copy(spec.partial, cog, driver="COG", **COG_OPTIONS)
+                rasterio.shutil.copy(spec.partial, cog, driver="COG", **COG_OPTIONS,
+                                     OVERVIEW_RESAMPLING=spec.overview_resampling)
         for spec, cog in zip(self.outputs, cogs, strict=True):
             os.replace(cog, spec.path)
         self.state_path.unlink()
