@@ -67,7 +67,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-
 def _rgb_preview_bands(indexes: list[int], model_bands: list[str], sensor: str | None) -> tuple[int, int, int]:
     """File band indexes of red, green, blue when the checkpoint has them, else its first three bands."""
     from geoexplora.bands import RGB_ROLES, rgb_role
@@ -113,7 +112,7 @@ def _check_window(args: argparse.Namespace, patch_size: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from geoexplora.data import find_raster_files
     from geoexplora.inference.memory import check_tile_memory, prediction_bytes
-    from geoexplora.inference.model_predict import band_indexes, check_predictable, resolve_device
+    from geoexplora.inference.model_predict import band_indexes, check_predictable, check_stack_input, resolve_device
     from geoexplora.inference.predict import check_output, check_raster, is_finished
     from geoexplora.inference.vectorize import check_vector_output
     from geoexplora.inference.windows import WindowGrid
@@ -125,14 +124,12 @@ def run(args: argparse.Namespace) -> int:
     _check_window(args, backbone.patch_pixels)
     args.tile = args.tile or config.preprocessing.window_size
     args.overlap = args.overlap if args.overlap is not None else min(32, args.tile // 4)
-    temporal = backbone.embed == "temporal"
-    if temporal != args.stack:
-        raise GeoExploraError(f"{args.checkpoint}: a temporal checkpoint predicts a stack of dated rasters; pass "
-                              "--stack" if temporal else f"{args.checkpoint}: --stack needs a temporal checkpoint "
-                              "(model.backbone.embed: temporal); this one predicts each raster on its own")
     if args.dates and not args.stack:
         raise GeoExploraError("--dates goes with --stack")
+    check_stack_input(config, Path(args.checkpoint), args.stack)
     stack = _stack(args) if args.stack else None
+    if stack is not None:
+        check_stack_input(config, Path(args.checkpoint), True, len(stack))
     rasters = [stack.paths[0]] if stack is not None else find_raster_files(args.raster, config.preprocessing.model_bands)
     outputs = _outputs(rasters, args.out)
     if args.devices > 1:

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from geoexplora.cli.options import add_file_bands_option, add_renamed_bands_flag, band_list
+from geoexplora.cli.options import add_file_bands_option, add_model_bands_option, add_renamed_bands_flag
 from geoexplora.errors import GeoExploraError
 
 
@@ -20,8 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--raster", nargs="+", required=True,
                         help="rasters or folders; GDAL paths (/vsicurl/, /vsizip/), URLs and STAC item JSONs too")
     add_file_bands_option(parser)
-    parser.add_argument("--model-bands", type=band_list, metavar="red,green,...",
-                        help="the bands to report, in order, e.g. those a model will read (default: all)")
+    add_model_bands_option(parser, "the bands to report, in order, e.g. those a model will read (default: all)")
     add_renamed_bands_flag(parser, "--model-bands (the bands to report)")
     parser.add_argument("--nodata", type=float, help="nodata value, overriding the files'")
     parser.add_argument("--windows", type=int, default=64, help="random windows to sample (default 64)")

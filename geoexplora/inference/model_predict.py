@@ -9,10 +9,10 @@ window size, the classes (label values, names, colours) and the provenance tags 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from collections.abc import Sequence
 from pathlib import Path
 
-import rasterio
 import torch
 
 from geoexplora.data.raster import inspect_raster
@@ -22,7 +22,6 @@ from geoexplora.errors import GeoExploraError
 from geoexplora.inference.bands import model_band_indexes
 from geoexplora.inference.predict import PredictSummary, predict_raster
 from geoexplora.inference.stack_reader import StackModel, StackSource
-from geoexplora.inference.windows import WindowGrid
 from geoexplora.models import CheckpointConfig, GeoModel, Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def predict_with_model(
     tagged with the checkpoint's sha256, the geoexplora version, the tile and the overlap.
     """
     check_predictable(model.config, model.directory)
-    check_stack(model, stack)
+    check_stack_input(model.config, model.directory, stack is not None, None if stack is None else len(stack))
     raster = stack.paths[0] if stack is not None else as_input_path(raster)
     out = Path(out)
     indexes = band_indexes(model.preprocessing, raster, bands)
@@ -109,9 +108,7 @@ def predict_with_model(
     network, normalize, source, tags = model.model, model.normalizer(), None, {"checkpoint_sha256": model.sha256}
     if stack is not None:
         network = StackModel(model.model, model.backbone, normalize, stack.days).to(device)
-        with rasterio.open(raster) as first:
-            grid = WindowGrid(first.width, first.height, tile, overlap)
-        source, normalize = StackSource(stack, grid, indexes), None
+        source, normalize = partial(StackSource, stack), None
         tags["stack_dates"] = ",".join(d.isoformat() for d in stack.dates)
     return predict_raster(
         raster, out, network, num_classes=len(model.classes), tile=tile,
@@ -124,16 +121,16 @@ def predict_with_model(
     )
 
 
-def check_stack(model: GeoModel, stack: RasterStack | None) -> None:
-    """A temporal checkpoint needs a stack of at most its ``num_frames`` dates; any other, a single raster."""
-    backbone = model.config.backbone
+def check_stack_input(config: CheckpointConfig, directory: Path, stacked: bool, dates: int | None = None) -> None:
+    """A temporal checkpoint predicts stacks (``stacked``) of at most its ``num_frames`` ``dates``; any other
+    checkpoint, single rasters. ``dates`` None: not counted yet (the stack is not read)."""
+    backbone = config.backbone
     temporal = backbone.embed == "temporal"
-    if temporal and stack is None:
-        raise GeoExploraError(f"{model.directory}: a temporal checkpoint predicts stacks of dated rasters; "
-                              "give the dates' files with --stack")
-    if stack is not None and not temporal:
-        raise GeoExploraError(f"{model.directory}: not a temporal checkpoint; predict each date on its own "
-                              "(without --stack)")
-    if stack is not None and backbone.num_frames is not None and len(stack) > backbone.num_frames:
-        raise GeoExploraError(f"{stack.paths[0].parent}: {len(stack)} dates, more than the {backbone.num_frames} "
-                              "the checkpoint's date encoding was trained with")
+    if temporal and not stacked:
+        raise GeoExploraError(f"{directory}: a temporal checkpoint predicts a stack of dated rasters; pass --stack")
+    if stacked and not temporal:
+        raise GeoExploraError(f"{directory}: --stack needs a temporal checkpoint (model.backbone.embed: temporal); "
+                              "this one predicts each raster on its own")
+    if dates is not None and backbone.num_frames is not None and dates > backbone.num_frames:
+        raise GeoExploraError(f"{directory}: a stack of {dates} dates, more than the {backbone.num_frames} the "
+                              "checkpoint's date encoding was trained with")

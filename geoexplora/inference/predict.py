@@ -134,7 +134,7 @@ def predict_raster(
     tags: Mapping[str, str] | None = None,
     reader_threads: int = 1,
     chunk_windows: int | None = None,
-    window_source: WindowSource | None = None,
+    window_source: Callable[[WindowGrid, Sequence[int]], WindowSource] | None = None,
 ) -> PredictSummary:
     """Run ``model`` over every window of ``raster`` and write the class map to ``out`` as a COG.
 
@@ -182,9 +182,9 @@ def predict_raster(
         chunk_windows: window columns blended per chunk (default: as many as fit
             :data:`~geoexplora.inference.memory.BLEND_CHUNK_BYTES`). Outputs do not depend on it, nor on
             ``reader_threads``.
-        window_source: where the windows come from instead of ``raster``'s ``bands``, on ``raster``'s grid
-            (e.g. a :class:`~geoexplora.inference.stack_reader.StackSource` of dated rasters, whose first
-            date is ``raster``); its ``identity`` joins what ``resume`` checks.
+        window_source: builds the windows' source from ``raster``'s grid and ``bands`` instead of
+            reading ``raster`` itself (e.g. :class:`~geoexplora.inference.stack_reader.StackSource` over
+            dated rasters whose first date is ``raster``); its ``identity`` joins what ``resume`` checks.
 
     Raises:
         GeoExploraError: before any work, for a missing/unreadable/truncated raster, a raster without
@@ -197,8 +197,6 @@ def predict_raster(
     source = check_raster(raster, allow_no_crs)
     band_indexes = check_bands(raster, source.count, bands)
     grid = WindowGrid(source.width, source.height, tile, overlap)
-    if window_source is not None and window_source.grid != grid:
-        raise GeoExploraError(f"{window_source.path}: its windows are not {raster}'s {tile} px grid")
     if mode not in ("segmentation", "classification"):
         raise GeoExploraError(f"mode {mode!r}: use 'segmentation' or 'classification'")
     if batch_size < 1:
@@ -223,8 +221,10 @@ def predict_raster(
                                   time.perf_counter() - started, 0.0, 0)
         specs = describe_outputs(output_specs(source, grid, mode, paths, num_classes, dtype, nodata), classes,
                                  {**(tags or {}), "mode": mode, "tile": str(tile), "overlap": str(overlap)})
+        windows = RasterSource(raster, grid, band_indexes) if window_source is None \
+            else window_source(grid, band_indexes)
         key = params_key(source, model, normalize, band_indexes, tile, overlap, batch_size, mode, num_classes,
-                         nodata, paths, allow_no_crs, values, getattr(window_source, "identity", None))
+                         nodata, paths, allow_no_crs, values, getattr(windows, "identity", None))
         if isinstance(model, nn.Module):
             model.eval()
         warn_if_striped(raster, tile, reader_threads)
@@ -242,7 +242,6 @@ def predict_raster(
             if mode == "segmentation" else ClassificationRows(grid, values, dtype, nodata, with_probs)
         # On the CPU the reading threads are the spare cores: they normalise; elsewhere the device does.
         in_reader, on_device = (normalize, None) if device.type == "cpu" else (None, normalize)
-        windows = window_source if window_source is not None else RasterSource(raster, grid, band_indexes)
         reader = WindowReader(windows, batch_size=batch_size, normalize=in_reader,
                               start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
                               pin_memory=device.type == "cuda", threads=reader_threads)
