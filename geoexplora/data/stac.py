@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 from xml.sax.saxutils import escape
@@ -197,9 +198,19 @@ def stac_cache_dir() -> Path:
 def _vrt_name(item: dict) -> str:
     """``<id>.vrt``, with ``_YYYYMMDD`` of the item's datetime appended when the id holds no such date."""
     stem = re.sub(r"[^\w.-]+", "_", str(item.get("id", "item")))
-    when = (item.get("properties") or {}).get("datetime") or (item.get("properties") or {}).get("start_datetime")
-    day = when[:10].replace("-", "") if when else None
-    return f"{stem}.vrt" if day is None or day in stem else f"{stem}_{day}.vrt"
+    day = item_day(item)
+    text = day.strftime("%Y%m%d") if day is not None else None
+    return f"{stem}.vrt" if text is None or text in stem else f"{stem}_{text}.vrt"
+
+
+def item_day(item: dict) -> date | None:
+    """The acquisition day of a STAC item: its ``datetime`` (or ``start_datetime``), None without one."""
+    props = item.get("properties") or {}
+    when = props.get("datetime") or props.get("start_datetime")
+    try:
+        return date.fromisoformat(when[:10]) if when else None
+    except ValueError:
+        return None
 
 
 def stac_rasters(source: str | os.PathLike[str], bands: Sequence[str] | None = None,
@@ -216,6 +227,12 @@ def stac_rasters(source: str | os.PathLike[str], bands: Sequence[str] | None = N
         GeoExploraError: for an unreadable JSON, one that is neither an item nor an item collection, a
             missing band, or assets in different CRSs.
     """
+    return [path for path, _ in stac_dated_rasters(source, bands, cache_dir)]
+
+
+def stac_dated_rasters(source: str | os.PathLike[str], bands: Sequence[str] | None = None,
+                       cache_dir: Path | None = None) -> list[tuple[Path, date | None]]:
+    """:func:`stac_rasters` with each item's acquisition day (:func:`item_day`), for raster stacks."""
     base = os.fspath(source)
     document = _read_json(base)
     items = document.get("features") if document.get("type") == "FeatureCollection" else [document]
@@ -224,7 +241,7 @@ def stac_rasters(source: str | os.PathLike[str], bands: Sequence[str] | None = N
     key = hashlib.sha256(json.dumps([base, list(bands or [])]).encode()).hexdigest()[:16]
     folder = (cache_dir or stac_cache_dir()) / key
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    rasters = []
     for item in items:
         picked = pick_bands(item_bands(item, base), bands, str(item.get("id")))
         if not picked:
@@ -233,7 +250,7 @@ def stac_rasters(source: str | os.PathLike[str], bands: Sequence[str] | None = N
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text(_vrt_xml(picked, (item.get("properties") or {}).get("datetime")))
         os.replace(partial, path)
-        paths.append(path)
-    return paths
+        rasters.append((path, item_day(item)))
+    return rasters
 
 

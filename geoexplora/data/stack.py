@@ -3,13 +3,15 @@
 :class:`RasterStack` is the typed contract every temporal reader takes: files sorted by date, one date
 each, all with the same bands, and either the first file's pixel grid (CRS, transform, size) or another
 CRS whose footprint covers the first's (those are reprojected onto the first's grid when read). Built
-from a folder (dates in the file names) or an explicit list of files, optionally with their dates.
+from a folder (dates in the file names), an explicit list of files, optionally with their dates, or a
+STAC item collection of one place (one VRT per item, dated by the item's ``datetime``).
 Every problem is one :class:`~geoexplora.errors.GeoExploraError` line naming the file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
 from geoexplora.data.raster import PathLike, find_raster_files
+from geoexplora.data.stac import is_stac_source, stac_dated_rasters
 from geoexplora.errors import GeoExploraError
 
 logger = logging.getLogger(__name__)
@@ -118,24 +121,25 @@ class RasterStack:
         date_pattern: str = DEFAULT_DATE_PATTERN,
         date_format: str = DEFAULT_DATE_FORMAT,
     ) -> RasterStack:
-        """A stack from a folder (searched recursively) or files, with ``dates`` aligned to the files as
-        given (explicit list) or, when None, read from the file names with ``date_pattern``/``date_format``.
+        """A stack from a folder (searched recursively), files or a STAC item collection, with ``dates``
+        aligned to the files as given (explicit list) or, when None, each STAC item's ``datetime`` and
+        the other files' names read with ``date_pattern``/``date_format``.
 
         Raises:
             GeoExploraError: a date that cannot be parsed, two files of one date, a file that cannot be
                 opened, has other bands, or lies on another grid of the same CRS / does not cover the
                 first file.
         """
-        if dates is not None:
-            listed = find_raster_files(paths)
-            if len(dates) != len(listed):
-                raise GeoExploraError(f"{len(dates)} dates given for {len(listed)} files ({listed[0]}, ...); "
-                                      "give one date per file")
-            dated = [StackFile(p, as_date(d, p)) for p, d in zip(listed, dates, strict=True)]
-        else:
-            dated = [StackFile(f, parse_file_date(f, date_pattern, date_format)) for f in find_raster_files(paths)]
-        if not dated:
+        listed = _listed_files(paths)
+        if not listed:
             raise GeoExploraError(f"{paths}: no rasters for the stack")
+        if dates is not None:
+            if len(dates) != len(listed):
+                raise GeoExploraError(f"{len(dates)} dates given for {len(listed)} files ({listed[0][0]}, ...); "
+                                      "give one date per file")
+            dated = [StackFile(p, as_date(d, p)) for (p, _), d in zip(listed, dates, strict=True)]
+        else:
+            dated = [StackFile(p, day or parse_file_date(p, date_pattern, date_format)) for p, day in listed]
         dated.sort(key=lambda f: f.date)
         for earlier, later in zip(dated, dated[1:]):
             if earlier.date == later.date:
@@ -171,6 +175,14 @@ class RasterStack:
         t = first["transform"]
         return cls(files, first["crs"], (abs(t.a), abs(t.e)), first["width"], first["height"], first["count"],
                    tuple(reprojected))
+
+
+def _listed_files(paths: PathLike | Sequence[PathLike]) -> list[tuple[Path, date | None]]:
+    """The files of ``paths`` in the order given, each with its STAC item's day (None for other files)."""
+    raws = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    return [entry for raw in raws
+            for entry in (stac_dated_rasters(raw) if is_stac_source(raw) else
+                          [(p, None) for p in find_raster_files(raw)])]
 
 
 def _open_profile(path: Path) -> dict:

@@ -76,3 +76,27 @@ def test_real_slovenia_stack(shared_data: Path) -> None:
     stack = RasterStack.from_paths(files, dates=SLOVENIA_DATES)
     assert [p.name for p in stack.paths] == [f"s2_l1c_scene{i}.tif" for i in (4, 1, 0, 3, 2)]
     assert (stack.width, stack.height, stack.band_count, str(stack.crs)) == (100, 101, 13, "EPSG:32633")
+
+
+def test_a_stac_item_collection_is_a_stack_dated_by_its_items(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items in any order, ids without dates: the stack takes each item's datetime, sorted."""
+    import json
+
+    monkeypatch.setenv("GEOEXPLORA_CACHE", str(tmp_path / "cache"))
+    when = ["2020-06-20T10:00:00Z", "2020-01-05T10:00:00Z", "2020-03-10T10:00:00Z"]
+    features = []
+    for i, day in enumerate(when):
+        tif = write_raster(tmp_path / f"scene{i}.tif", count=2, seed=i, descriptions=["red", "nir"])
+        features.append({"type": "Feature", "stac_version": "1.0.0", "id": f"scene-{i}", "geometry": None,
+                         "links": [], "properties": {"datetime": day},
+                         "assets": {"data": {"href": str(tif), "type": "image/tiff", "roles": ["data"],
+                                             "eo:bands": [{"name": "red"}, {"name": "nir"}]}}})
+    collection = tmp_path / "collection.json"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    stack = RasterStack.from_paths(collection)
+    assert stack.dates == (date(2020, 1, 5), date(2020, 3, 10), date(2020, 6, 20))
+    assert [p.suffix for p in stack.paths] == [".vrt"] * 3 and stack.band_count == 2
+    with rasterio.open(stack.paths[0]) as first, rasterio.open(tmp_path / "scene1.tif") as tif:
+        assert (first.read() == tif.read()).all()
+    explicit = RasterStack.from_paths(collection, dates=["2021-01-01", "2021-01-02", "2021-01-03"])
+    assert explicit.dates[0] == date(2021, 1, 1)  # dates given win over the items'

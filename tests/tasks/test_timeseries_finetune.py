@@ -62,8 +62,9 @@ def test_recipe_pretrain_finetune_evaluate(shared_data: Path, tmp_path: Path, mo
     assert sum(map(sum, scores["confusion_matrix"])) > 0
     # predict --stack: one map on the earliest date's grid, the dates in its metadata
     files = [str(REPO / f) for f in data["image"]]
-    predict = ["predict", "--stack", "--raster", *files, "--dates", ",".join(map(str, dates)), "--checkpoint",
-               str(checkpoint), "--tile", "32", "--overlap", "8", "--no-preview", "--probabilities", "--threads", "1"]
+    options = ["--checkpoint", str(checkpoint), "--tile", "32", "--overlap", "8", "--no-preview", "--probabilities",
+               "--threads", "1"]
+    predict = ["predict", "--stack", "--raster", *files, "--dates", ",".join(map(str, dates)), *options]
     assert main([*predict, "--out", str(tmp_path / "lulc.tif")]) == 0
     earliest = files[[str(d) for d in dates].index(min(map(str, dates)))]
     with rasterio.open(tmp_path / "lulc.tif") as pred, rasterio.open(earliest) as first:
@@ -72,10 +73,28 @@ def test_recipe_pretrain_finetune_evaluate(shared_data: Path, tmp_path: Path, mo
         assert set(np.unique(pred.read(1))) <= {0, 1, 2, 3, 4, 8, 255}
     assert main([*predict, "--out", str(tmp_path / "again.tif"), "--reader-threads", "2"]) == 0
     assert (tmp_path / "again.tif").read_bytes() == (tmp_path / "lulc.tif").read_bytes()
+    # the same dates as a STAC item collection (one VRT per item, dated by the items): the same map
+    collection = _stac_collection(tmp_path, files, dates, yaml.safe_load(RECIPE.read_text())["model"]["backbone"]["bands"])
+    monkeypatch.setenv("GEOEXPLORA_CACHE", str(tmp_path / "cache"))
+    assert main(["predict", "--stack", "--raster", str(collection), *options, "--out", str(tmp_path / "stac.tif")]) == 0
+    with rasterio.open(tmp_path / "stac.tif") as stac, rasterio.open(tmp_path / "lulc.tif") as files_map:
+        assert np.array_equal(stac.read(), files_map.read()) and stac.tags()["stack_dates"] == files_map.tags()["stack_dates"]
     capsys.readouterr()
     single = ["predict", "--raster", files[0], "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.tif")]
     assert main(single) == 2  # a temporal checkpoint and one raster: one line, nothing written
     assert "pass --stack" in capsys.readouterr().err and not (tmp_path / "x.tif").exists()
+
+
+def _stac_collection(folder: Path, files: list[str], dates: list, bands: list[str]) -> Path:
+    """A STAC ItemCollection of ``files`` (one asset each, its bands named by eo:bands), dated ``dates``."""
+    features = [{"type": "Feature", "stac_version": "1.0.0", "id": f"scene-{i}", "geometry": None, "links": [],
+                 "properties": {"datetime": f"{day}T10:00:00Z"},
+                 "assets": {"data": {"href": tif, "type": "image/tiff", "roles": ["data"],
+                                     "eo:bands": [{"name": b} for b in bands]}}}
+                for i, (tif, day) in enumerate(zip(files, dates, strict=True))]
+    path = folder / "collection.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
 
 
 @pytest.fixture(scope="module")
