@@ -51,6 +51,7 @@ from torch import Tensor, nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from geoexplora.data.stats import BandStat, BandStatistics, Normalizer  # noqa: E402
 from geoexplora.inference import predict_raster  # noqa: E402
 from geoexplora.inference.blending import hann_weights  # noqa: E402
 from geoexplora.inference.windows import WindowGrid, pad_window  # noqa: E402
@@ -104,8 +105,9 @@ def build_model(spec: str, device: str, num_classes: int, tile: int) -> tuple[nn
     raise SystemExit(f"--model {spec}: use small-conv, vit-s or null")
 
 
-def normalize(x: Tensor) -> Tensor:
-    return x / SCALE
+#: What ``geoexplora predict`` normalises with: a checkpoint's per-band statistics (here mean 0, std SCALE).
+normalize = Normalizer(BandStatistics({f"B{b + 1}": BandStat(0.0, SCALE, 0.0, SCALE) for b in range(BANDS)}),
+                       [f"B{b + 1}" for b in range(BANDS)])
 
 
 def make_raster(path: Path, size: int) -> Path:

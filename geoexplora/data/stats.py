@@ -178,3 +178,8 @@ class Normalizer(nn.Module):
         if valid is not None:
             invalid |= ~valid.unsqueeze(-3)
         return out.masked_fill(invalid, 0.0)
+
+    def normalize_(self, image: Tensor) -> Tensor:
+        """``image`` float32 (..., C, H, W) normalised in place, the same values as :meth:`forward`'s, except
+        that NaN stays NaN (the caller zeroes it); returns ``image``."""
+        return image.sub_(self.shift).div_(self.scale)

@@ -161,7 +161,8 @@ def predict_raster(
         device: where batches are sent.
         normalize: float32 (n, C, tile, tile) with NaN at nodata pixels -> normalised (e.g. a
             :class:`~geoexplora.data.stats.Normalizer`, on ``device``); it runs on ``device`` after the
-            transfer; NaNs left are set to 0.
+            transfer; NaNs left are set to 0. It gets a read buffer that is reused for later batches: it may
+            work in it (a ``normalize_`` method is called instead, to work in place), but must not keep it.
         bands: 1-based band indexes in model order (default: all bands).
         mode: ``"segmentation"`` or ``"classification"``.
         probabilities: optional K-band per-class probability COG with the class map's geometry, uint8
@@ -244,7 +245,7 @@ def predict_raster(
         in_reader, on_device = (normalize, None) if device.type == "cpu" else (None, normalize)
         reader = WindowReader(windows, batch_size=batch_size, normalize=in_reader,
                               start_batch=first_row * grid.cols // batch_size, prefetch=prefetch,
-                              pin_memory=device.type == "cuda", threads=reader_threads)
+                              pin_memory=device.type == "cuda", threads=reader_threads, recycle=True)
         todo = len(grid) - first_row * grid.cols
         windows_with_data = 0
         # One cap on GDAL's block cache for reading and writing (GDAL's default is 5% of RAM, which a large

@@ -25,7 +25,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -155,6 +155,7 @@ class Batch:
     has_data: list[int]
     images: Tensor
     any_invalid: bool = True
+    buffer: Tensor | None = field(default=None, repr=False)  # the read buffer ``images`` lives in, to recycle
 
 
 class WindowReader:
@@ -172,6 +173,10 @@ class WindowReader:
         prefetch: batches read ahead (at least one per thread).
         pin_memory: page-lock batches (faster, asynchronous copies to a GPU).
         threads: reading threads, each with its own handle of the source.
+        recycle: reuse a batch's read buffer once the next batch is asked for, instead of allocating one
+            per batch (each a fresh mapping of the heap, see :mod:`~geoexplora.inference.heap`): a batch's
+            ``images`` are then valid only until the next batch is requested. Ignored with ``pin_memory``
+            (torch's pinned-memory allocator caches those, and knows when a copy to the GPU is done).
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class WindowReader:
         prefetch: int = 2,
         pin_memory: bool = False,
         threads: int = 1,
+        recycle: bool = False,
     ) -> None:
         if threads < 1:
             raise GeoExploraError(f"reader threads {threads}: must be at least 1")
@@ -194,6 +200,8 @@ class WindowReader:
         self.source, self.grid = source, source.grid
         self.batch_size, self.normalize, self.pin_memory = batch_size, normalize, pin_memory
         self.start_batch, self.threads = start_batch, threads
+        self.recycle = recycle and not pin_memory
+        self._spare: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # read buffers handed back
         depth = max(1, math.ceil(prefetch / threads))
         self._queues: list[queue.Queue[Batch | BaseException | None]] = [
             queue.Queue(maxsize=depth) for _ in range(threads)]
@@ -225,6 +233,8 @@ class WindowReader:
                 raise item
             assert item is not None
             yield item
+            if self.recycle and item.buffer is not None:  # the consumer asked for the next batch
+                self._spare.put(item.buffer)
 
     def _put(self, j: int, item: Batch | BaseException | None) -> bool:
         while not self._stop.is_set():
@@ -249,10 +259,9 @@ class WindowReader:
     def _read_batch(self, handle: WindowHandle, index: int) -> Batch:
         first = index * self.batch_size
         windows = [self.grid.window(i) for i in range(first, min(first + self.batch_size, len(self.grid)))]
+        buffer = self._buffer()
+        slots = buffer[: len(windows)].numpy()
         tile = self.grid.tile
-        buffer = torch.empty((len(windows), self.source.channels, tile, tile), dtype=torch.float32,
-                             pin_memory=self.pin_memory)
-        slots = buffer.numpy()
         invalid = np.ones((len(windows), tile, tile), dtype=bool)
         has_data: list[int] = []
         for i, window in enumerate(windows):
@@ -267,16 +276,33 @@ class WindowReader:
                 images = normalize_images(images, torch.from_numpy(invalid[has_data]), any_invalid, self.normalize)
             if self.pin_memory:
                 images = images.pin_memory()
-        return Batch(windows, invalid, has_data, images, any_invalid)
+        in_buffer = images.numel() > 0 and images.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+        if self.recycle and not in_buffer:
+            self._spare.put(buffer)
+        return Batch(windows, invalid, has_data, images, any_invalid, buffer if in_buffer else None)
+
+    def _buffer(self) -> Tensor:
+        """A float32 (batch_size, C, tile, tile) read buffer: a recycled one, else a new one."""
+        if self.recycle:
+            with contextlib.suppress(queue.Empty):
+                return self._spare.get_nowait()
+        tile = self.grid.tile
+        return torch.empty((self.batch_size, self.source.channels, tile, tile), dtype=torch.float32,
+                           pin_memory=self.pin_memory)
 
 
 def normalize_images(images: Tensor, invalid: Tensor, any_invalid: bool,
                      normalize: Callable[[Tensor], Tensor]) -> Tensor:
     """``normalize`` of float32 (n, C, tile, tile) ``images`` with NaN at ``invalid`` (bool (n, tile, tile)) pixels,
-    then NaN -> 0 (and infinities -> the float32 extremes); ``any_invalid`` False skips the masking pass."""
+    then NaN -> 0 (and infinities -> the float32 extremes); ``any_invalid`` False skips the masking pass.
+
+    ``images`` is overwritten; a normaliser with an in-place ``normalize_`` method (a
+    :class:`~geoexplora.data.stats.Normalizer`) works in it, allocating nothing.
+    """
     if any_invalid:
-        images = images.masked_fill(invalid[:, None], float("nan"))
-    return normalize(images).nan_to_num_(nan=0.0)
+        images.masked_fill_(invalid[:, None], float("nan"))
+    in_place = getattr(normalize, "normalize_", None)
+    return (in_place(images) if in_place is not None else normalize(images)).nan_to_num_(nan=0.0)
 
 
 def read_working_set(path: Path, tile: int) -> tuple[int, str, int]:

@@ -138,7 +138,7 @@ def test_normalize_sees_nan_at_nodata_and_model_sees_zero(scene: Path, tmp_path:
     seen, normalized = [], []
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
-        normalized.append(x)
+        normalized.append(x.clone())  # x is a read buffer, reused for later batches
         return x / 100
 
     def model(x: torch.Tensor) -> torch.Tensor:
