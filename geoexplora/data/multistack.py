@@ -38,12 +38,13 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from geoexplora.data.resumable import EpochSeeded
+from geoexplora.data.samplers import random_sampler
 from geoexplora.data.stack import RasterStack
 from geoexplora.data.temporal import TemporalRasterDataset
 from geoexplora.errors import GeoExploraError
 
 __all__ = ["MultiStackDataset", "MultiStackSampler", "StackWindow", "StackWindows", "check_num_dates",
-           "draw_dates", "open_stacks", "select_dates", "stack_entries", "stack_name"]
+           "draw_dates", "open_stacks", "random_stack_windows", "select_dates", "stack_entries", "stack_name"]
 
 #: The keys of a temporal sample with a leading date dimension (T, ...).
 DATED_KEYS = ("image", "valid", "dates")
@@ -137,14 +138,19 @@ class MultiStackDataset(Dataset):
     """Windows of several stacks: ``ds[StackWindow]`` is ``datasets[stack][window]`` with the drawn dates.
 
     Args:
-        datasets: one dataset per stack whose samples have ``image`` (T_k, C, H, W), ``valid``, ``dates``
-            (a :class:`TemporalRasterDataset`, or one intersected with its labels).
+        images: the stacks' image datasets (:func:`open_stacks`).
+        datasets: what to read per stack, samples with ``image`` (T_k, C, H, W), ``valid``, ``dates`` (e.g.
+            each image intersected with its labels); default ``images``.
+
+    Attributes:
         band_names: the bands of ``image``, in channel order (the same for every stack).
-        files: every stack's files (for messages).
+        files: every stack's files, stack after stack (for messages).
     """
 
-    def __init__(self, datasets: Sequence[Any], band_names: Sequence[str], files: Sequence[str]) -> None:
-        self.datasets, self.band_names, self.files = list(datasets), tuple(band_names), list(files)
+    def __init__(self, images: Sequence[TemporalRasterDataset], datasets: Sequence[Any] | None = None) -> None:
+        self.images, self.datasets = list(images), list(datasets if datasets is not None else images)
+        self.band_names = self.images[0].band_names
+        self.files = [str(f) for image in self.images for f in image.index.filepath]
 
     def __getitem__(self, query: StackWindow) -> dict[str, Tensor]:
         return select_dates(self.datasets[query.stack][query.window], query.dates)
@@ -165,6 +171,16 @@ class StackWindows:
     sampler: Any
     num_dates: int
     weight: float
+
+
+def random_stack_windows(images: Sequence[TemporalRasterDataset], size: int, count: int, seed: int,
+                         num_dates: int) -> MultiStackSampler:
+    """``count`` random windows of ``size`` pixels per epoch over the stacks ``images``, drawn from the stacks by
+    pixel area (width x height), each window inside one file (:func:`~geoexplora.data.samplers.random_sampler`)
+    and with ``num_dates`` of its stack's dates."""
+    parts = [StackWindows(k, random_sampler(image, size, count, seed), len(image.stack),
+                          image.stack.width * image.stack.height) for k, image in enumerate(images)]
+    return MultiStackSampler(parts, num_dates, count, seed)
 
 
 class MultiStackSampler(EpochSeeded, Sampler[StackWindow]):

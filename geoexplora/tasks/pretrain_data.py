@@ -29,10 +29,9 @@ from torch.utils.data import Sampler
 from geoexplora.data import BandStatistics, GeoRasterDataset, compute_band_statistics, random_sampler, stack_samples
 from geoexplora.data.multistack import (
     MultiStackDataset,
-    MultiStackSampler,
-    StackWindows,
     check_num_dates,
     open_stacks,
+    random_stack_windows,
     stack_entries,
     stack_name,
 )
@@ -155,9 +154,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
             return
         common = dict(bands=self.bands, band_names=self.file_band_names, nodata=self.nodata)
         if self.temporal:
-            datasets = open_stacks(self.stacks, self.stack_names, **common)
-            self.dataset = MultiStackDataset(datasets, datasets[0].band_names,
-                                             [str(p) for stack in self.stacks for p in stack.paths])
+            self.dataset = MultiStackDataset(open_stacks(self.stacks, self.stack_names, **common))
         else:
             self.dataset = GeoRasterDataset(self.paths, **common)
         self.statistics = self._read_statistics() if self.statistics_path else compute_band_statistics(
@@ -173,10 +170,7 @@ class UnlabelledRasterDataModule(L.LightningDataModule):
         ``num_dates`` dates."""
         if not self.temporal:
             return random_sampler(self.dataset, self.window_size, count, seed)
-        parts = [StackWindows(k, random_sampler(dataset, self.window_size, count, seed), len(stack),
-                              stack.width * stack.height)
-                 for k, (dataset, stack) in enumerate(zip(self.dataset.datasets, self.stacks, strict=True))]
-        return MultiStackSampler(parts, self.dates_per_sample, count, seed)
+        return random_stack_windows(self.dataset.images, self.window_size, count, seed, self.dates_per_sample)
 
     def _read_statistics(self) -> BandStatistics:
         path = Path(self.statistics_path)
