@@ -13,9 +13,9 @@ segmentation head (:mod:`geoexplora.models.temporal_pool`), the MAE time masking
 would each have to skip padded dates, and a padded date would still cost its tokens. Sampling also acts
 as a temporal augmentation: a stack of T_k dates shows a different subset of T in each window.
 
-Windows: :class:`MultiStackSampler` draws the stack (weights given by the data module: pre-training
-weighs each stack by its pixel area, width x height, so every pixel of every stack is equally likely
-whatever its CRS units; fine-tuning by its blocks in the split, the same thing on its block grid), then
+Windows: :class:`MultiStackSampler` draws the stack (by weight: :func:`random_stack_windows`, for
+pre-training and band statistics, weighs each stack by its pixel area, width x height, so every pixel of
+every stack is equally likely whatever its CRS units; fine-tuning's splits by their blocks), then
 the window with that stack's own sampler, then the dates, all from one generator seeded ``seed + epoch``
 (:class:`~geoexplora.data.resumable.EpochSeeded`), so an epoch's windows and date subsets depend only on
 the seed and the epoch, and an exact resume skips batches by their indices as for any sampler. A stack

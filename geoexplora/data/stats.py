@@ -102,7 +102,8 @@ def compute_band_statistics(
 
     Args:
         dataset: a GeoDataset whose samples have ``image`` (..., C, H, W) and ``valid`` (..., H, W),
-            e.g. :class:`~geoexplora.data.raster.GeoRasterDataset`.
+            e.g. :class:`~geoexplora.data.raster.GeoRasterDataset`, or a
+            :class:`~geoexplora.data.multistack.MultiStackDataset` with its ``windows``.
         band_names: names for the C channels (default: ``dataset.band_names``).
         windows: the ``num_windows`` queries of ``dataset`` to read instead (e.g. a
             :class:`~geoexplora.data.multistack.MultiStackSampler`'s, over several stacks).

@@ -272,10 +272,13 @@ class LabelledRasterDataModule(L.LightningDataModule):
         self.temporal = temporal or stacks is not None
         if not self.temporal and num_dates is not None:
             raise GeoExploraError("data.num_dates is for stacks: set data.temporal: true or give data.stacks")
-        self.entries = [] if tiles is not None else [dict(image=image, mask=mask, vector=vector, dates=dates)] \
-            if stacks is None else labelled_stack_entries(stacks)
-        self.stack_names = ["data.image"] if stacks is None else [stack_name(i, e, "image")
-                                                                  for i, e in enumerate(self.entries)]
+        # One entry per labelled raster or stack (none for tiles), and how messages name it.
+        if stacks is not None:
+            self.entries = labelled_stack_entries(stacks)
+            self.stack_names = [stack_name(i, e, "image") for i, e in enumerate(self.entries)]
+        else:
+            self.entries = [] if image is None else [dict(image=image, mask=mask, vector=vector, dates=dates)]
+            self.stack_names = ["data.image"]
         # Stacks are checked here, before a run writes anything (dates, bands, grid; opens headers only).
         self.stacks = [RasterStack.from_paths(e["image"], e.get("dates"), date_pattern, date_format)
                        for e in self.entries] if self.temporal else []

@@ -85,7 +85,8 @@ def test_batches_hold_num_dates_of_each_stack(stacks: dict[str, Path], task: str
 def test_windows_and_date_subsets_follow_the_seed_and_epoch(stacks: dict[str, Path]) -> None:
     def module(seed: int) -> UnlabelledRasterDataModule:
         made = UnlabelledRasterDataModule(stacks=[str(stacks["a"]), {"paths": str(stacks["b"])}], window_size=16,
-                                          windows_per_epoch=16, statistics_windows=4, seed=seed, num_dates=2)
+                                          windows_per_epoch=16, batch_size=4, statistics_windows=4, seed=seed,
+                                          num_dates=2)
         made.setup()
         return made
 
@@ -93,6 +94,11 @@ def test_windows_and_date_subsets_follow_the_seed_and_epoch(stacks: dict[str, Pa
     assert epoch_queries(first) == epoch_queries(again) and epoch_queries(first, 1) == epoch_queries(again, 1)
     assert epoch_queries(first) != epoch_queries(first, 1) and epoch_queries(first) != epoch_queries(module(1))
     assert {len(q.dates) for q in epoch_queries(first)} == {2}
+    loader, resumed = first.train_dataloader(), again.train_dataloader()
+    batches = [b["dates"] for b in loader]
+    resumed.resume_at({"epoch": 0, "batches": 2})  # as ExactResume does after a kill at batch 2
+    rest = [b["dates"] for b in resumed]
+    assert len(rest) == 2 and all(torch.equal(x, y) for x, y in zip(rest, batches[2:], strict=True))
     finetune = [LabelledRasterDataModule(stacks=labelled(stacks), window_size=16, block_size=16, seed=0,
                                          windows_per_epoch=16) for _ in range(2)]
     for made in finetune:
