@@ -55,13 +55,17 @@ with _torchgeo_deprecations_silenced():
                 super().__init__(dataset, size, length=length, units=Units.PIXELS)
             self.seed = seed
 
+        def draw(self, generator: torch.Generator) -> WindowSlice:
+            """One window: a file by area, then an offset in it, both from ``generator``."""
+            tile = int(torch.multinomial(self.areas, 1, generator=generator))
+            with _torchgeo_deprecations_silenced():
+                x, y = get_random_bounding_box(self.bounds[tile], self.size, self.res, generator)
+            return x, y, slice(self.toi.left, self.toi.right)
+
         def __iter__(self) -> Iterator[WindowSlice]:
             generator = self.epoch_generator()
             for _ in range(len(self)):
-                tile = int(torch.multinomial(self.areas, 1, generator=generator))
-                with _torchgeo_deprecations_silenced():
-                    x, y = get_random_bounding_box(self.bounds[tile], self.size, self.res, generator)
-                yield x, y, slice(self.toi.left, self.toi.right)
+                yield self.draw(generator)
 
     class FullTimeGridSampler(GridGeoSampler):
         """GridGeoSampler visiting each distinct footprint once, each window spanning the whole time range."""

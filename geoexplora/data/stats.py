@@ -7,7 +7,7 @@ inference can check that the input has the bands the model was trained on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -90,6 +90,7 @@ def compute_band_statistics(
     window_size: int = 64,
     seed: int = 0,
     band_names: Sequence[str] | None = None,
+    windows: Iterable[Any] | None = None,
 ) -> BandStatistics:
     """Per-band mean, std, 2nd and 98th percentiles over the valid pixels of random windows.
 
@@ -101,8 +102,11 @@ def compute_band_statistics(
 
     Args:
         dataset: a GeoDataset whose samples have ``image`` (..., C, H, W) and ``valid`` (..., H, W),
-            e.g. :class:`~geoexplora.data.raster.GeoRasterDataset`.
+            e.g. :class:`~geoexplora.data.raster.GeoRasterDataset`, or a
+            :class:`~geoexplora.data.multistack.MultiStackDataset` with its ``windows``.
         band_names: names for the C channels (default: ``dataset.band_names``).
+        windows: the ``num_windows`` queries of ``dataset`` to read instead (e.g. a
+            :class:`~geoexplora.data.multistack.MultiStackSampler`'s, over several stacks).
 
     Raises:
         GeoExploraError: when every window is invalid.
@@ -110,7 +114,7 @@ def compute_band_statistics(
     names = tuple(band_names if band_names is not None else dataset.band_names)
     chunks: list[np.ndarray] = []
     skipped = 0
-    for window in random_sampler(dataset, window_size, num_windows, seed):
+    for window in windows if windows is not None else random_sampler(dataset, window_size, num_windows, seed):
         sample = dataset[window]
         image, valid = sample["image"], sample["valid"]
         channels = image.movedim(-3, 0).reshape(image.shape[-3], -1)
@@ -120,7 +124,8 @@ def compute_band_statistics(
             continue
         chunks.append(channels[:, keep].numpy())
     if not chunks:
-        files = ", ".join(dict.fromkeys(str(f) for f in dataset.index.get("filepath", ["(dataset)"])))
+        listed = dataset.index.get("filepath", ["(dataset)"]) if hasattr(dataset, "index") else dataset.files
+        files = ", ".join(dict.fromkeys(str(f) for f in listed))
         raise GeoExploraError(f"{files}: all {num_windows} sampled windows hold only nodata/NaN pixels")
     if skipped:
         logger.info("band statistics: skipped %d of %d windows with no valid pixel", skipped, num_windows)

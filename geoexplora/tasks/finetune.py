@@ -17,7 +17,8 @@ one label map for it; batches carry ``dates`` (B, T), set on the backbone for ea
 tokens of all dates attend to each other in every block and are **averaged over the dates** before a
 segmentation head (:mod:`geoexplora.models.temporal_pool` says why the mean); classification reads the
 cls token, which attends over every date. A stack may have fewer dates than the model's ``num_frames``
-(one date is allowed, with a warning), never more.
+(one date is allowed, with a warning), never more; ``data.num_dates`` samples that many of each stack's
+dates (several stacks of different lengths: :mod:`geoexplora.data.multistack`).
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class FinetuneTask(L.LightningModule):
         values = getattr(data, "class_values", None)
         self.class_values = [int(v) for v in values] if values is not None and len(values) == len(self.classes) else None
         options = getattr(data, "options", {})
-        if options.get("image") is not None:
+        if options.get("image") is not None or options.get("stacks") is not None:
             self.window_size = int(options["window_size"])
         self.file_bands = list(options["band_names"]) if options.get("band_names") else None
         if self.class_weights == "frequency" and self.criterion.class_weights is None:
@@ -244,7 +245,8 @@ class FinetuneTask(L.LightningModule):
                                   "use a temporal backbone (model.backbone.embed: temporal)")
         if num_dates is not None and num_dates > config.num_frames:
             raise GeoExploraError(f"the stack has {num_dates} dates, more than the {config.num_frames} the model's "
-                                  "date encoding supports (backbone.num_frames); give fewer dates")
+                                  "date encoding supports (backbone.num_frames); give fewer dates "
+                                  f"(data.num_dates: {config.num_frames})")
         if num_dates == 1:
             logger.warning("fine-tuning a temporal backbone on a stack of one date (allowed; nothing changes over time)")
 

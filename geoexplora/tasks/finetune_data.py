@@ -18,6 +18,13 @@ nodata, or the label is nodata, become ``ignore_index``.
 :class:`~geoexplora.data.stack.RasterStack`) with **one** label map for the whole stack: samples hold
 ``image`` (T, C, H, W), ``dates`` (T,) int64 days since 1970-01-01 and the stack's ``mask`` / ``label``;
 a pixel is labelled where at least one date has data.
+
+``stacks`` gives several such stacks (different places, numbers of dates and CRSs), each with its own
+labels: every sample holds ``num_dates`` dates (default: the fewest of any stack), a seeded subset of
+its stack's dates for a stack with more (:mod:`geoexplora.data.multistack`). Each stack is cut into
+blocks on its own grid; the blocks of all stacks are dealt to the splits together, and training windows
+are drawn uniformly over the train blocks of every stack. Mask labels take the class values of all
+masks; vector labels the classes of ``classes``, else of the first stack's file.
 """
 
 from __future__ import annotations
@@ -37,11 +44,20 @@ from geoexplora.data import (
     BandStatistics,
     GeoRasterDataset,
     Normalizer,
-    TemporalRasterDataset,
     RasterMaskDataset,
     SceneClassificationDataset,
     VectorMaskDataset,
     compute_band_statistics,
+)
+from geoexplora.data.multistack import (
+    MultiStackDataset,
+    MultiStackSampler,
+    StackWindows,
+    check_num_dates,
+    open_stacks,
+    random_stack_windows,
+    stack_entries,
+    stack_name,
 )
 from geoexplora.data.resumable import EpochSeeded, ResumableDataLoader, SeededShuffleSampler
 from geoexplora.data.stack import DEFAULT_DATE_FORMAT, DEFAULT_DATE_PATTERN, RasterStack
@@ -50,6 +66,9 @@ from geoexplora.errors import GeoExploraError
 
 SPLITS = ("train", "val", "test")
 Block = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in CRS units
+#: Random windows of the computed band statistics (``compute_band_statistics``'s default).
+STATISTICS_WINDOWS = 64
+STACK_KEYS = ("image", "mask", "vector", "dates")
 
 
 def raster_class_values(path: str | Path) -> list[int]:
@@ -77,6 +96,24 @@ def spatial_blocks(bounds: Block, res: tuple[float, float], block_size: int) -> 
             for r in range(rows) for c in range(cols)]
 
 
+def _bounds(dataset: Any) -> Block:
+    """A GeoDataset's footprint: xmin, ymin, xmax, ymax in its CRS units."""
+    x, y, _ = dataset.bounds
+    return x.start, y.start, x.stop, y.stop
+
+
+def labelled_stack_entries(stacks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``data.stacks`` for fine-tuning: per stack ``image`` with exactly one of ``mask`` and ``vector`` (the same
+    kind for every stack) and optional ``dates``; every key of :data:`STACK_KEYS` present (None when not given)."""
+    entries = [{key: e.get(key) for key in STACK_KEYS} for e in stack_entries(stacks, "image", STACK_KEYS)]
+    for i, entry in enumerate(entries):
+        if (entry["mask"] is None) == (entry["vector"] is None):
+            raise GeoExploraError(f"{stack_name(i, entry, 'image')}: give exactly one of mask and vector")
+    if len({entry["mask"] is None for entry in entries}) > 1:
+        raise GeoExploraError("data.stacks mix mask and vector labels; give every stack the same kind")
+    return entries
+
+
 def deal_splits(n: int, fractions: Sequence[float], seed: int, what: str) -> dict[str, list[int]]:
     """Indices 0..n-1 shuffled with ``seed`` and dealt to train/val/test; an empty split is an error."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
@@ -101,16 +138,28 @@ class BlockWindowSampler(EpochSeeded, Sampler):
         xmin, ymax = block[0] + col * xres, block[3] - row * yres
         return slice(xmin, xmin + self.size * xres, xres), slice(ymax - self.size * yres, ymax, yres)
 
+    @property
+    def _span(self) -> int:
+        """Window offsets in a block, per axis, minus one."""
+        return round((self.blocks[0][2] - self.blocks[0][0]) / self.res[0]) - self.size
+
+    def draw(self, generator: torch.Generator) -> tuple[slice, slice]:
+        """One random window: a block, then its column and row offsets, from ``generator``."""
+        b, c, r = (int(torch.randint(hi, (1,), generator=generator)) for hi in
+                   (len(self.blocks), self._span + 1, self._span + 1))
+        return self._window(self.blocks[b], c, r)
+
+    def grid(self) -> BlockWindowSampler:
+        """The same blocks visited on a grid."""
+        return BlockWindowSampler(self.blocks, self.res, self.size, None, self.seed)
+
     def __iter__(self) -> Iterator[tuple[slice, slice]]:
-        span = round((self.blocks[0][2] - self.blocks[0][0]) / self.res[0]) - self.size
         if self.length is not None:
             generator = self.epoch_generator()
             for _ in range(self.length):
-                b, c, r = (int(torch.randint(hi, (1,), generator=generator)) for hi in
-                           (len(self.blocks), span + 1, span + 1))
-                yield self._window(self.blocks[b], c, r)
+                yield self.draw(generator)
         else:
-            steps = range(0, span + 1, self.size)
+            steps = range(0, self._span + 1, self.size)
             for block in self.blocks:
                 yield from (self._window(block, c, r) for r in steps for c in steps)
 
@@ -163,6 +212,11 @@ class LabelledRasterDataModule(L.LightningDataModule):
         dates: ISO dates of the stack's files, in file order (default: from the file names).
         date_pattern: regex whose ``date`` group finds the date in a file name.
         date_format: strftime format of that date.
+        stacks: several labelled stacks instead of ``image`` (read as stacks: ``temporal`` implied), each
+            ``{image: folder_or_files, mask: raster}`` or ``{image: ..., vector: file}``, with optional
+            ``dates`` (ISO dates in file order); every stack needs the same bands and the same kind of labels.
+        num_dates: dates per sample, for stacks (default: the fewest dates of any stack); a stack with
+            more gives each window a seeded random subset of its dates, in increasing order.
     """
 
     def __init__(
@@ -192,10 +246,16 @@ class LabelledRasterDataModule(L.LightningDataModule):
         dates: list[str] | None = None,
         date_pattern: str = DEFAULT_DATE_PATTERN,
         date_format: str = DEFAULT_DATE_FORMAT,
+        stacks: list[dict[str, Any]] | None = None,
+        num_dates: int | None = None,
     ) -> None:
         super().__init__()
-        if (tiles is None) == (image is None) or (image is not None and (mask is None) == (vector is None)):
-            raise GeoExploraError("give either tiles, or image with exactly one of mask and vector")
+        if sum(v is not None for v in (tiles, image, stacks)) != 1 or (
+                image is not None and (mask is None) == (vector is None)):
+            raise GeoExploraError("give either tiles, or image with exactly one of mask and vector, or stacks")
+        if stacks is not None and any(v is not None for v in (mask, vector, dates)):
+            raise GeoExploraError("data.mask, data.vector and data.dates go with data.image; give each stack's "
+                                  "as data.stacks[i].mask / vector / dates")
         if temporal and tiles is not None:
             raise GeoExploraError("data.temporal reads a stack given as data.image, not data.tiles")
         if block_size is not None and block_size < window_size:
@@ -209,13 +269,25 @@ class LabelledRasterDataModule(L.LightningDataModule):
         self.classes: list[str] = []
         self.band_names: tuple[str, ...] = ()
         self.band_statistics: BandStatistics | None = None
-        # A stack is checked here, before a run writes anything (dates, bands, grid; opens headers only).
-        self.stack = RasterStack.from_paths(image, dates, date_pattern, date_format) if temporal else None
+        self.temporal = temporal or stacks is not None
+        if not self.temporal and num_dates is not None:
+            raise GeoExploraError("data.num_dates is for stacks: set data.temporal: true or give data.stacks")
+        # One entry per labelled raster or stack (none for tiles), and how messages name it.
+        if stacks is not None:
+            self.entries = labelled_stack_entries(stacks)
+            self.stack_names = [stack_name(i, e, "image") for i, e in enumerate(self.entries)]
+        else:
+            self.entries = [] if image is None else [dict(image=image, mask=mask, vector=vector, dates=dates)]
+            self.stack_names = ["data.image"]
+        # Stacks are checked here, before a run writes anything (dates, bands, grid; opens headers only).
+        self.stacks = [RasterStack.from_paths(e["image"], e.get("dates"), date_pattern, date_format)
+                       for e in self.entries] if self.temporal else []
+        self.dates_per_sample = check_num_dates(self.stacks, self.stack_names, num_dates) if self.temporal else None
 
     @property
     def num_dates(self) -> int | None:
-        """T of the stack (``temporal``); None for single rasters and tiles."""
-        return len(self.stack) if self.stack is not None else None
+        """T, the dates of every sample (``data.num_dates``, stacks); None for single rasters and tiles."""
+        return self.dates_per_sample
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -245,43 +317,78 @@ class LabelledRasterDataModule(L.LightningDataModule):
 
     def _setup_raster(self) -> None:
         o = self.options
-        if o["temporal"]:
-            image = TemporalRasterDataset(self.stack, bands=o["bands"], band_names=o["band_names"], nodata=o["nodata"])
+        common = dict(bands=o["bands"], band_names=o["band_names"], nodata=o["nodata"])
+        images = (open_stacks(self.stacks, self.stack_names, **common) if self.temporal
+                  else [GeoRasterDataset(o["image"], **common)])
+        self.band_names = images[0].band_names
+        if self.entries[0]["mask"] is not None:
+            self._mask_classes()
         else:
-            image = GeoRasterDataset(o["image"], o["bands"], o["band_names"], nodata=o["nodata"])
-        self.band_names = image.band_names
-        if o["mask"] is not None:
-            labels = RasterMaskDataset(o["mask"], crs=image.crs, res=image.res, ignore_index=o["ignore_index"])
-            present = raster_class_values(o["mask"])
-            values = o["class_values"] if o["class_values"] is not None else present
-            unknown = sorted(set(present) - set(values))
-            if unknown:
-                raise GeoExploraError(f"{o['mask']}: label values {unknown} are not among the class values {values}")
-            self.class_values: Tensor | None = torch.tensor(values)
-            self.classes = list(o["classes"] or [str(v) for v in values])
-        else:
-            labels = VectorMaskDataset(o["vector"], o["class_column"], image.crs, image.res, o["classes"],
-                                       o["ignore_index"])
             self.class_values = None
-            self.classes = list(labels.classes)
-        if len(self.classes) != (len(self.class_values) if self.class_values is not None else len(self.classes)):
-            raise GeoExploraError(f"{len(self.classes)} class names {self.classes} for {len(self.class_values)} class values")
-        try:
-            dataset = image & labels
-        except RuntimeError as err:  # TorchGeo: "Datasets have no spatial intersection"
-            raise GeoExploraError(f"{o['mask'] or o['vector']}: the labels do not overlap the image {o['image']} "
-                                  f"({err}); give labels of the same place") from None
-        self.band_statistics = self._statistics(lambda: compute_band_statistics(image, seed=o["seed"],
-                                                                                window_size=o["window_size"]))
-        x, y, _ = dataset.bounds
+        datasets = [self._labelled(image, entry) for image, entry in zip(images, self.entries, strict=True)]
+        self.band_statistics = self._statistics(lambda: self._image_statistics(images))
         size = o["window_size"]
-        blocks = spatial_blocks((x.start, y.start, x.stop, y.stop), image.res, o["block_size"] or 2 * size)
-        splits = deal_splits(len(blocks), o["split_fractions"], o["seed"], f"{o['image']} (blocks of the spatial split)")
+        blocks = [(k, block) for k, (image, dataset) in enumerate(zip(images, datasets, strict=True))
+                  for block in spatial_blocks(_bounds(dataset), image.res, o["block_size"] or 2 * size)]
+        what = o["image"] if o["stacks"] is None else "data.stacks"
+        splits = deal_splits(len(blocks), o["split_fractions"], o["seed"], f"{what} (blocks of the spatial split)")
+        source = MultiStackDataset(images, datasets) if self.temporal else datasets[0]
         for split, indices in splits.items():
-            chosen = [blocks[i] for i in sorted(indices)]
             length = o["windows_per_epoch"] if split == "train" else None
-            self.samplers[split] = BlockWindowSampler(chosen, image.res, size, length, o["seed"]) if chosen else None
-            self.datasets[split] = PreparedSamples(dataset, self.prepare_window)
+            self.samplers[split] = self._split_sampler([blocks[i] for i in sorted(indices)], images, length)
+            self.datasets[split] = PreparedSamples(source, self.prepare_window)
+
+    def _mask_classes(self) -> None:
+        """Class values and names of the masks: ``class_values``, else every value of any mask."""
+        o = self.options
+        present = {e["mask"]: raster_class_values(e["mask"]) for e in self.entries}
+        values = o["class_values"] if o["class_values"] is not None else sorted(set().union(*present.values()))
+        for mask, found in present.items():
+            unknown = sorted(set(found) - set(values))
+            if unknown:
+                raise GeoExploraError(f"{mask}: label values {unknown} are not among the class values {values}")
+        self.class_values = torch.tensor(values)
+        self.classes = list(o["classes"] or [str(v) for v in values])
+        if len(self.classes) != len(self.class_values):
+            raise GeoExploraError(f"{len(self.classes)} class names {self.classes} for {len(self.class_values)} class values")
+
+    def _labelled(self, image: GeoRasterDataset, entry: dict[str, Any]) -> Any:
+        """``image`` intersected with its labels (a mask raster or a vector file rasterised on its grid); vector
+        labels take ``classes``, else the first stack's classes."""
+        o = self.options
+        if entry["mask"] is not None:
+            labels = RasterMaskDataset(entry["mask"], crs=image.crs, res=image.res, ignore_index=o["ignore_index"])
+        else:
+            labels = VectorMaskDataset(entry["vector"], o["class_column"], image.crs, image.res,
+                                       self.classes or o["classes"], o["ignore_index"])
+            self.classes = self.classes or list(labels.classes)
+        try:
+            return image & labels
+        except RuntimeError as err:  # TorchGeo: "Datasets have no spatial intersection"
+            raise GeoExploraError(f"{entry['mask'] or entry['vector']}: the labels do not overlap the image "
+                                  f"{entry['image']} ({err}); give labels of the same place") from None
+
+    def _image_statistics(self, images: list[GeoRasterDataset]) -> BandStatistics:
+        """Band statistics of random windows of the image (of the stacks by pixel area, ``num_dates`` dates each)."""
+        o = self.options
+        if not self.temporal:
+            return compute_band_statistics(images[0], seed=o["seed"], window_size=o["window_size"])
+        windows = random_stack_windows(images, o["window_size"], STATISTICS_WINDOWS, o["seed"], self.dates_per_sample)
+        return compute_band_statistics(MultiStackDataset(images), STATISTICS_WINDOWS, o["window_size"], o["seed"],
+                                       windows=windows)
+
+    def _split_sampler(self, blocks: list[tuple[int, Block]], images: list[GeoRasterDataset],
+                       length: int | None) -> Sampler | None:
+        """The windows of one split's ``(stack, block)`` pairs: ``length`` random ones (uniform over the blocks of
+        every stack) or a grid; None for a split without blocks."""
+        o = self.options
+        per_stack = {k: [block for stack, block in blocks if stack == k] for k in range(len(images))}
+        samplers = {k: BlockWindowSampler(chosen, images[k].res, o["window_size"], length, o["seed"])
+                    for k, chosen in per_stack.items() if chosen}
+        if not self.temporal:
+            return samplers.get(0)
+        parts = [StackWindows(k, s, len(images[k].stack), len(s.blocks)) for k, s in samplers.items()]
+        return MultiStackSampler(parts, self.dates_per_sample, length, o["seed"]) if parts else None
 
     def _setup_tiles(self) -> None:
         o = self.options
@@ -336,7 +443,7 @@ class LabelledRasterDataModule(L.LightningDataModule):
         train = self.samplers["train"]
         if train is None:
             raise GeoExploraError(f"the train split is empty (split_fractions {self.options['split_fractions']})")
-        grid = BlockWindowSampler(train.blocks, train.res, train.size, None, self.options["seed"])
+        grid = train.grid()
         ignore, counts = self.options["ignore_index"], torch.zeros(len(self.classes), dtype=torch.long)
         for query in grid:
             mask = self.datasets["train"][query]["mask"]

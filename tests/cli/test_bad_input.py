@@ -184,6 +184,40 @@ KINDS += [
 ]
 
 
+def _two_stacks(command: str, num_frames: int = 5, **data: object):
+    """A setup writing stacks ``a`` (3 dates) and ``b`` (5 dates, another CRS), each with a mask, and
+    ``stacks.yaml``: a temporal ``command`` (pretrain or finetune) recipe over both with the ``data`` keys."""
+    def setup(folder: Path, inputs: dict[str, Path]) -> None:
+        places = {"a": ("EPSG:32633", [f"S2_2020010{d}.tif" for d in range(1, 4)]),
+                  "b": ("EPSG:32610", [f"S2_2021010{d}.tif" for d in range(1, 6)])}
+        for name, (crs, files) in places.items():
+            for i, file in enumerate(files):
+                fake_rasters.write_raster(folder / name / file, width=90, height=70, count=4, descriptions=BANDS,
+                                          crs=crs, seed=i)
+            fake_rasters.write_label_raster(folder / f"{name}.tif", width=90, height=70, crs=crs)
+        if command == "pretrain":
+            config = yaml.safe_load((REPO / "recipes" / "tiny-pretrain-mae.yaml").read_text())
+            config["data"].pop("paths")
+            config["data"]["stacks"] = [str(folder / "a"), str(folder / "b")]
+        else:
+            config = yaml.safe_load(_recipe(folder / "stacks.yaml", inputs).read_text())
+            config["data"].pop("image"), config["data"].pop("mask")
+            config["data"]["stacks"] = [{"image": str(folder / k), "mask": str(folder / f"{k}.tif")} for k in "ab"]
+        config["model"]["backbone"].update(embed="temporal", num_frames=num_frames)
+        config["data"].update(data)
+        (folder / "stacks.yaml").write_text(yaml.safe_dump(config))
+    return setup
+
+
+KINDS += [
+    Kind(63, "a stack with fewer dates than data.num_dates", ("pretrain", "--config", "stacks.yaml", "--out", "run"),
+         ("data.stacks[0]", "3 dates, fewer than data.num_dates 4"), setup=_two_stacks("pretrain", num_dates=4)),
+    Kind(64, "data.num_dates over the model's num_frames", ("finetune", "--config", "stacks.yaml", "--out", "run"),
+         ("3 dates, more than the 2", "num_frames", "data.num_dates"),
+         setup=_two_stacks("finetune", num_frames=2, num_dates=3)),
+]
+
+
 def _write_corrupt(path: Path) -> Path:
     """A tiled, compressed 4-band raster whose middle tiles are overwritten with garbage (header intact)."""
     data = fake_rasters.raster_values(width=256, height=256, count=4, dtype="float32", seed=3)
