@@ -293,9 +293,7 @@ class EmbedJob:
         return [self.out, *self.dense, self.basis, *(_preview_path(p) for p in self.dense)]
 
     def part(self, unit: EmbedUnit) -> Path:
-        """``unit``'s part: its raster's stem and a hash of its resolved path (so input order does not matter)."""
-        key = hashlib.sha256(str(unit.path.resolve()).encode()).hexdigest()[:12]
-        return self.parts / f"{unit.path.stem}-{key}.safetensors"
+        return part_path(self.out, unit.path)
 
     def finished(self, unit: EmbedUnit) -> bool:
         return self.part(unit).is_file()
@@ -312,6 +310,13 @@ class EmbedJob:
 def parts_folder(out: Path) -> Path:
     """Where the parts of ``out`` are written: ``.<out name>.parts`` beside it."""
     return out.with_name(f".{out.name}.parts")
+
+
+def part_path(out: Path, raster: Path) -> Path:
+    """The part of ``raster`` (a stack's first date) in ``out``'s parts folder: the raster's stem and a hash of
+    its resolved path (so the input order does not matter)."""
+    key = hashlib.sha256(str(raster.resolve()).encode()).hexdigest()[:12]
+    return parts_folder(out) / f"{raster.stem}-{key}.safetensors"
 
 
 @dataclass
