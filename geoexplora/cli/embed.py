@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise GeoExploraError("--pca goes with --dense OUT.tif")
     if args.dates and not args.stack:
         raise GeoExploraError("--dates goes with --stack")
-    if args.devices > 1:
+    if args.devices != 1:
         from geoexplora.cli.multi_device import worker_devices
 
         devices, threads = worker_devices(args.devices, args.device)
