@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
         if len(devices) == 1 or len(todo) <= 1:
             embed_parts((job, encoder), todo, devices[0])
         else:
-            failed = _embed_on_workers(job, encoder, todo, devices, threads)
-            if failed:
-                return failed
+            status = _embed_on_workers(job, encoder, todo, devices, threads)
+            if status:
+                return status
         print(finish_embedding(job, encoder, devices[0]))
     return 0
 
