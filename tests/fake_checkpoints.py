@@ -1,4 +1,4 @@
-"""A tiny fine-tuned segmentation checkpoint over generated source weights, for CLI tests."""
+"""Tiny checkpoints for CLI tests: a fine-tuned segmentation one over generated source weights, a temporal one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from geoexplora.data import GeoRasterDataset, compute_band_statistics
-from geoexplora.models import BackboneConfig, save_checkpoint
+from geoexplora.models import (
+    BackboneConfig,
+    CheckpointConfig,
+    Preprocessing,
+    TaskConfig,
+    create_backbone,
+    create_strategy,
+    save_checkpoint,
+)
 from geoexplora.tasks.finetune import FinetuneTask
 
 TINY_VIT = dict(embed_dim=64, depth=2, num_heads=4, patch_size=8, img_size=32)
@@ -27,3 +35,17 @@ def write_segmentation_checkpoint(root: Path, scene: Path, bands: list[str]) -> 
     task.band_statistics = compute_band_statistics(GeoRasterDataset(scene), num_windows=4, window_size=32).to_dict()
     task.normalization = "standardize"
     return weights, save_checkpoint(root / "ckpt", task.export_model(), task.export_config())
+
+
+def write_temporal_checkpoint(root: Path, scene: Path, bands: list[str], num_frames: int = 3) -> Path:
+    """A seeded random tiny temporal ViT (date encoding for ``num_frames`` dates) saved as a pre-training
+    checkpoint (``root/temporal_ckpt``), normalised with ``scene``'s band statistics, for ``embed --stack``."""
+    torch.manual_seed(0)
+    config = BackboneConfig(model="vit_base_patch16_224", bands=bands, embed="temporal", num_frames=num_frames,
+                            **TINY_VIT)
+    strategy = create_strategy("full")
+    model = strategy.apply(create_backbone(config))
+    stats = compute_band_statistics(GeoRasterDataset(scene), num_windows=4, window_size=32)
+    preprocessing = Preprocessing(tuple(bands), stats, "standardize", TINY_VIT["img_size"])
+    return save_checkpoint(root / "temporal_ckpt", model, CheckpointConfig(config, strategy, TaskConfig("pretrain"),
+                                                                            preprocessing))

@@ -1,7 +1,12 @@
-"""``geoexplora embed``: window embeddings of rasters as GeoParquet, optionally a dense PCA GeoTIFF.
+"""``geoexplora embed``: window embeddings of rasters (or of a stack of dates) as GeoParquet, optionally a
+dense PCA GeoTIFF.
 
 The encoder is a checkpoint's backbone (``--checkpoint DIR``, with its band statistics) or a timm model
 by name (``--backbone NAME [--weights PATH] --model-bands ... [--sensor ...]``, statistics computed from the rasters).
+A temporal checkpoint embeds ``--stack`` (the rasters are the dates of one place). Each raster (or the
+stack) is embedded into its own part beside ``--out`` (:func:`~geoexplora.inference.embed.embed_part`), so
+``--resume`` continues an interrupted run and ``--devices N`` spreads the rasters over N worker processes
+(:mod:`geoexplora.cli.multi_device`); the parent then assembles the table.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ from typing import TYPE_CHECKING
 from geoexplora.cli.options import (
     add_checkpoint_options,
     add_device_option,
+    add_devices_option,
     add_file_bands_option,
     add_model_bands_option,
     add_sensor_option,
     add_renamed_bands_flag,
+    add_stack_options,
+    stack_from_args,
 )
 from geoexplora.errors import GeoExploraError
 
 if TYPE_CHECKING:
-    from geoexplora.inference.embed import Encoder
+    from geoexplora.inference.embed import EmbedJob, EmbedUnit, Encoder
 
 DEFAULT_PCA = 3
 
@@ -47,10 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dense", type=Path, help="also write per-patch embeddings reduced by PCA to this GeoTIFF")
     parser.add_argument("--pca", type=int, help=f"with --dense: PCA components, bands of the GeoTIFF "
                         f"(default {DEFAULT_PCA})")
+    add_stack_options(parser, "one row per window of the first date's grid")
+    add_devices_option(parser)
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run (its finished rasters "
+                        "are kept)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_checkpoint_options(parser)
     parser.set_defaults(run=run)
-
 
 
 def encoder_from_args(args: argparse.Namespace) -> Encoder:
@@ -70,22 +81,62 @@ def encoder_from_args(args: argparse.Namespace) -> Encoder:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geoexplora.inference.embed import embed_rasters
-    from geoexplora.inference.model_predict import resolve_device
+    from geoexplora.inference.embed import finish_embedding, open_parts, plan_embedding
+    from geoexplora.inference.model_predict import check_stack_input, resolve_device
     from geoexplora.inference.predict import check_output
     from geoexplora.outputs import OutputLock
 
     if args.pca is not None and args.dense is None:
         raise GeoExploraError("--pca goes with --dense OUT.tif")
-    device = resolve_device(args.device)
+    if args.dates and not args.stack:
+        raise GeoExploraError("--dates goes with --stack")
+    if args.devices != 1:
+        from geoexplora.cli.multi_device import worker_devices
+
+        devices, threads = worker_devices(args.devices, args.device)
+    else:
+        devices, threads = [str(resolve_device(args.device))], None
     outputs = [args.out, *([args.dense] if args.dense else [])]
     for path in outputs:
-        check_output(path, args.overwrite, resume=False)
+        check_output(path, args.overwrite, args.resume)
+    encoder = encoder_from_args(args)
+    check_stack_input(encoder.config, encoder.name, args.stack)
     with OutputLock(outputs):
-        summary = embed_rasters(
-            args.raster, args.out, encoder_from_args(args), band_names=args.file_bands, tile=args.tile,
-            stride=args.stride, pool=args.pool, batch_size=args.batch_size, device=device, dense=args.dense,
-            pca=DEFAULT_PCA if args.pca is None else args.pca, overwrite=args.overwrite,
+        job = plan_embedding(
+            [stack_from_args(args)] if args.stack else args.raster, args.out, encoder, band_names=args.file_bands,
+            tile=args.tile, stride=args.stride, pool=args.pool, batch_size=args.batch_size, dense=args.dense,
+            pca=DEFAULT_PCA if args.pca is None else args.pca, overwrite=args.overwrite, resume=args.resume,
         )
-    print(summary)
+        if job.complete:
+            print(f"{args.out}: already complete; --resume leaves it alone (pass --overwrite to redo it)")
+            return 0
+        open_parts(job, args.resume)
+        todo = [u for u in job.units if not job.finished(u)]
+        if len(devices) == 1 or len(todo) <= 1:
+            embed_parts((job, encoder), todo, devices[0])
+        else:
+            status = _embed_on_workers(job, encoder, todo, devices, threads)
+            if status:
+                return status
+        print(finish_embedding(job, encoder, devices[0]))
     return 0
+
+
+def _embed_on_workers(job: EmbedJob, encoder: Encoder, todo: list[EmbedUnit], devices: list[str],
+                      threads: int | None) -> int:
+    """Embed ``todo``'s parts on one worker process per device; 0, or 1 after naming each raster not embedded."""
+    from geoexplora.cli.multi_device import WorkerPlan, deal, report_unfinished, run_workers, unfinished
+
+    dealt = deal(todo, [u.info.width * u.info.height for u in todo], len(devices))
+    codes = run_workers(embed_parts, (job, encoder), [WorkerPlan(d, threads, units) for d, units in zip(devices, dealt)])
+    failed = unfinished([(u.path, [job.part(u)]) for u in todo], lambda parts: all(p.is_file() for p in parts))
+    return report_unfinished(failed, codes, "embedded")
+
+
+def embed_parts(shared: tuple[EmbedJob, Encoder], units: list[EmbedUnit], device: str) -> None:
+    """Embed each of ``units`` into its part on ``device``; a process of ``--devices N`` runs this over its share."""
+    from geoexplora.inference import embed
+
+    job, encoder = shared
+    for unit in units:
+        embed.embed_part(job, encoder, unit, device)

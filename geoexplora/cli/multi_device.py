@@ -1,4 +1,5 @@
-"""``predict --devices N``: spread many rasters over N worker processes, one per GPU (or N CPU processes).
+"""``predict --devices N`` and ``embed --devices N``: spread many rasters over N worker processes, one per GPU
+(or N CPU processes).
 
 The parent checks every input and output first (as a single-process run does), then deals the rasters
 to the workers, largest first to the least-loaded one, and starts them with the ``spawn`` method (CUDA
@@ -12,7 +13,6 @@ whose output is not complete is named, and ``--resume`` completes them.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import sys
 from collections.abc import Callable, Sequence
@@ -77,23 +77,24 @@ def deal(items: Sequence[Any], sizes: Sequence[int], bins: int) -> list[list[Any
     return [[items[i] for i in sorted(indexes)] for indexes in chosen]
 
 
-def _work(run: Callable[[argparse.Namespace, list[Any], str], None], args: argparse.Namespace,
-          plan: WorkerPlan) -> None:
+def _work(run: Callable[[Any, list[Any], str], None], shared: Any, plan: WorkerPlan) -> None:
     """A worker's body: its threads, then ``run`` over its items on its device."""
     set_threads(plan.threads)
     try:
-        run(args, plan.items, plan.device)
+        run(shared, plan.items, plan.device)
     except GeoExploraError as error:
         print(f"geoexplora: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
-def run_workers(run: Callable[[argparse.Namespace, list[Any], str], None], args: argparse.Namespace,
-                plans: list[WorkerPlan]) -> list[int]:
-    """Start one spawned process per plan with ``run(args, plan.items, plan.device)``; wait for all; return
-    their exit codes (negative: killed by that signal)."""
+def run_workers(run: Callable[[Any, list[Any], str], None], shared: Any, plans: list[WorkerPlan]) -> list[int]:
+    """Start one spawned process per plan with ``run(shared, plan.items, plan.device)``; wait for all; return
+    their exit codes (negative: killed by that signal).
+
+    ``shared`` (pickled to every worker) is what all items need: ``predict``'s parsed arguments, ``embed``'s
+    checked job and encoder; ``run`` must be a module-level function."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_work, args=(run, args, plan), name=f"geoexplora-{plan.device}-{i}")
+    processes = [context.Process(target=_work, args=(run, shared, plan), name=f"geoexplora-{plan.device}-{i}")
                  for i, plan in enumerate(plans) if plan.items]
     for process in processes:
         process.start()
@@ -105,3 +106,12 @@ def run_workers(run: Callable[[argparse.Namespace, list[Any], str], None], args:
 def unfinished(outputs: Sequence[tuple[Path, list[Path]]], is_finished: Callable[[list[Path]], bool]) -> list[Path]:
     """The rasters of ``outputs`` ((raster, its output paths)) whose outputs are not complete."""
     return [raster for raster, paths in outputs if not is_finished(paths)]
+
+
+def report_unfinished(failed: Sequence[Path], codes: Sequence[int], done: str) -> int:
+    """One stderr line per ``failed`` raster (not ``done``, how many workers failed, the fix); the exit status."""
+    died = sum(code != 0 for code in codes)
+    for raster in failed:
+        print(f"geoexplora: error: {raster}: not {done} ({died} of {len(codes)} worker processes failed); "
+              "rerun the same command with --resume to complete it", file=sys.stderr)
+    return 1 if failed else 0

@@ -6,7 +6,8 @@
   a checkpoint (``embed --backbone``, ``info --backbone``), and the bands ``stats`` reports;
 * ``--sensor``: the sensor table resolving those band names to wavelengths, wherever a model's RGB
   kernels are mapped onto other bands;
-* ``--device auto|cpu|cuda|cuda:N``;
+* ``--device auto|cpu|cuda|cuda:N`` and ``--devices N`` (worker processes, ``predict`` and ``embed``);
+* ``--stack`` / ``--dates``: the rasters are the dates of one place, for a temporal checkpoint;
 * ``--weights-dir`` / ``--allow-download`` for commands that load a checkpoint.
 
 The old ``--bands`` / ``--band-names`` flags are refused with one line naming the new flag, and every
@@ -16,13 +17,19 @@ parse error is one line (:class:`OneLineErrorParser`), not the usage text.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geoexplora.errors import GeoExploraError
+
+if TYPE_CHECKING:
+    from geoexplora.data.stack import RasterStack
+
+logger = logging.getLogger(__name__)
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -99,6 +106,33 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     """``--device auto|cpu|cuda|cuda:N`` (``args.device``)."""
     parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N",
                         help="where the model runs (default auto: CUDA when available)")
+
+
+def add_devices_option(parser: argparse.ArgumentParser) -> None:
+    """``--devices N`` (``args.devices``): worker processes over several rasters."""
+    parser.add_argument("--devices", type=int, default=1, metavar="N",
+                        help="spread several rasters over N worker processes: one per GPU, or N CPU processes "
+                             "(default 1)")
+
+
+def add_stack_options(parser: argparse.ArgumentParser, result: str) -> None:
+    """``--stack`` (``args.stack``) and ``--dates`` (``args.dates``: list of ISO strings or None); ``result``
+    says what a stack gives, in the help."""
+    parser.add_argument("--stack", action="store_true",
+                        help="the rasters (files or a folder) are the dates of one place, for a temporal checkpoint: "
+                             f"{result}; dates from the file names or --dates")
+    parser.add_argument("--dates", type=date_list, metavar="YYYY-MM-DD,...",
+                        help="with --stack: the files' dates, in the order the files are given")
+
+
+def stack_from_args(args: argparse.Namespace) -> RasterStack:
+    """The ``--raster`` files (or folder) as one checked stack of ``--dates`` (warning for a single date)."""
+    from geoexplora.data.stack import RasterStack
+
+    stack = RasterStack.from_paths(args.raster, dates=args.dates)
+    if len(stack) == 1:
+        logger.warning("%s: a stack of one date; the temporal model sees a single date", stack.paths[0])
+    return stack
 
 
 def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:

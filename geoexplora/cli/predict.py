@@ -10,25 +10,23 @@ several rasters over N worker processes (:mod:`geoexplora.cli.multi_device`). He
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from geoexplora.cli.options import (
     add_checkpoint_options,
     add_device_option,
+    add_devices_option,
     add_file_bands_option,
     add_renamed_bands_flag,
-    date_list,
+    add_stack_options,
+    stack_from_args,
 )
 from geoexplora.cli.run_folder import check_writable_folder
 from geoexplora.errors import GeoExploraError
 
 if TYPE_CHECKING:
     from geoexplora.data.stack import RasterStack
-
-logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,14 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlap", type=int, help="window overlap in pixels (default 32, at most a quarter tile)")
     parser.add_argument("--batch-size", type=int, default=8)
     add_device_option(parser)
-    parser.add_argument("--stack", action="store_true",
-                        help="the rasters (files or a folder) are the dates of one place, for a temporal checkpoint: "
-                             "one map on the first date's grid; dates from the file names or --dates")
-    parser.add_argument("--dates", type=date_list, metavar="YYYY-MM-DD,...",
-                        help="with --stack: the files' dates, in the order the files are given")
-    parser.add_argument("--devices", type=int, default=1, metavar="N",
-                        help="spread several rasters over N worker processes: one per GPU, or N CPU processes "
-                             "(default 1)")
+    add_stack_options(parser, "one map on the first date's grid")
+    add_devices_option(parser)
     parser.add_argument("--reader-threads", type=int, default=1,
                         help="threads reading windows in parallel, one file handle each (default 1)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -126,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
     args.overlap = args.overlap if args.overlap is not None else min(32, args.tile // 4)
     if args.dates and not args.stack:
         raise GeoExploraError("--dates goes with --stack")
-    check_stack_input(config, Path(args.checkpoint), args.stack)
-    stack = _stack(args) if args.stack else None
+    check_stack_input(config.backbone, Path(args.checkpoint), args.stack)
+    stack = stack_from_args(args) if args.stack else None
     if stack is not None:
-        check_stack_input(config, Path(args.checkpoint), True, len(stack))
+        check_stack_input(config.backbone, Path(args.checkpoint), True, len(stack))
     rasters = [stack.paths[0]] if stack is not None else find_raster_files(args.raster, config.preprocessing.model_bands)
     outputs = _outputs(rasters, args.out)
     if args.devices > 1:
@@ -159,29 +151,13 @@ def run(args: argparse.Namespace) -> int:
     if args.devices == 1 or len(plans) == 1:
         predict_plans(args, plans, device if args.devices == 1 else devices[0])
         return 0
-    from geoexplora.cli.multi_device import WorkerPlan, deal, run_workers, unfinished
+    from geoexplora.cli.multi_device import WorkerPlan, deal, report_unfinished, run_workers, unfinished
 
     dealt = deal(plans, sizes, len(devices))
     codes = run_workers(predict_plans, args, [WorkerPlan(d, threads, items) for d, items in zip(devices, dealt)])
     failed = unfinished([(p.raster, [q for q in (p.out, p.probabilities) if q is not None]) for p in plans],
                         is_finished)
-    if failed:
-        died = sum(code != 0 for code in codes)
-        for raster in failed:
-            print(f"geoexplora: error: {raster}: not predicted ({died} of {len(codes)} worker processes failed); "
-                  "rerun the same command with --resume to complete it", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _stack(args: argparse.Namespace) -> RasterStack:
-    """The ``--raster`` files (or folder) as one checked stack of dates."""
-    from geoexplora.data.stack import RasterStack
-
-    stack = RasterStack.from_paths(args.raster, dates=args.dates)
-    if len(stack) == 1:
-        logger.warning("%s: a stack of one date; the temporal model sees a single date", stack.paths[0])
-    return stack
+    return report_unfinished(failed, codes, "predicted")
 
 
 class RasterPlan(NamedTuple):

@@ -22,7 +22,7 @@ from geoexplora.errors import GeoExploraError
 from geoexplora.inference.bands import model_band_indexes
 from geoexplora.inference.predict import PredictSummary, predict_raster
 from geoexplora.inference.stack_reader import StackModel, StackSource
-from geoexplora.models import CheckpointConfig, GeoModel, Preprocessing
+from geoexplora.models import BackboneConfig, CheckpointConfig, GeoModel, Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def predict_with_model(
     tagged with the checkpoint's sha256, the geoexplora version, the tile and the overlap.
     """
     check_predictable(model.config, model.directory)
-    check_stack_input(model.config, model.directory, stack is not None, None if stack is None else len(stack))
+    check_stack_input(model.config.backbone, model.directory, stack is not None, None if stack is None else len(stack))
     raster = stack.paths[0] if stack is not None else as_input_path(raster)
     out = Path(out)
     indexes = band_indexes(model.preprocessing, raster, bands)
@@ -121,16 +121,16 @@ def predict_with_model(
     )
 
 
-def check_stack_input(config: CheckpointConfig, directory: Path, stacked: bool, dates: int | None = None) -> None:
-    """A temporal checkpoint predicts stacks (``stacked``) of at most its ``num_frames`` ``dates``; any other
-    checkpoint, single rasters. ``dates`` None: not counted yet (the stack is not read)."""
-    backbone = config.backbone
+def check_stack_input(backbone: BackboneConfig, where: Path | str, stacked: bool, dates: int | None = None) -> None:
+    """A temporal backbone reads stacks (``stacked``) of at most its ``num_frames`` ``dates``; any other
+    backbone, single rasters. ``where`` (the checkpoint) is named in the error; ``dates`` None: not counted
+    yet (the stack is not read)."""
     temporal = backbone.embed == "temporal"
     if temporal and not stacked:
-        raise GeoExploraError(f"{directory}: a temporal checkpoint predicts a stack of dated rasters; pass --stack")
+        raise GeoExploraError(f"{where}: a temporal checkpoint reads a stack of dated rasters; pass --stack")
     if stacked and not temporal:
-        raise GeoExploraError(f"{directory}: --stack needs a temporal checkpoint (model.backbone.embed: temporal); "
-                              "this one predicts each raster on its own")
+        raise GeoExploraError(f"{where}: --stack needs a temporal checkpoint (model.backbone.embed: temporal); "
+                              "this one reads each raster on its own")
     if dates is not None and backbone.num_frames is not None and dates > backbone.num_frames:
-        raise GeoExploraError(f"{directory}: a stack of {dates} dates, more than the {backbone.num_frames} the "
+        raise GeoExploraError(f"{where}: a stack of {dates} dates, more than the {backbone.num_frames} the "
                               "checkpoint's date encoding was trained with")

@@ -400,10 +400,15 @@ def params_key(source: SourceInfo, model: object, normalize: object, *params: ob
     ).encode())
     for module in (model, normalize):
         if isinstance(module, nn.Module):
-            for name, tensor in module.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            update_with_weights(digest, module)
     return digest.hexdigest()
+
+
+def update_with_weights(digest: hashlib._Hash, module: nn.Module) -> None:
+    """Feed every tensor of ``module``'s state dict (name, then raw bytes) to ``digest``."""
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _forward(model: Callable[[Tensor], Tensor], normalize: Callable[[Tensor], Tensor] | None, batch: Batch,

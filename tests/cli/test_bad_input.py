@@ -22,9 +22,11 @@ import pytest
 import rasterio
 import torch
 import yaml
+from safetensors.torch import save_file
 
 import fake_rasters
-from fake_checkpoints import write_segmentation_checkpoint
+from fake_checkpoints import write_segmentation_checkpoint, write_temporal_checkpoint
+from geoexplora.inference.embed import part_path
 
 REPO = Path(__file__).resolve().parents[2]
 BANDS = ["red", "green", "blue", "nir"]
@@ -218,6 +220,33 @@ KINDS += [
 ]
 
 
+def _changed_part(folder: Path, inputs: dict[str, Path]) -> None:
+    """An interrupted ``embed --out e.parquet`` run's part of the scene, recorded for another size and mtime."""
+    part = part_path(folder / "e.parquet", inputs["scene"])
+    part.parent.mkdir()
+    save_file({"window": torch.zeros(0, dtype=torch.int64)}, part,
+              metadata={"files": json.dumps([[str(inputs["scene"].resolve()), 1, 1]]), "options": "{}"})
+
+
+EC = ("embed", "--raster", "{scene}", "--checkpoint", "{ckpt}")
+KINDS += [
+    Kind(65, "embed --stack with a single-date checkpoint", (*EC, "--out", "e.parquet", "--stack"),
+         ("--stack needs a temporal checkpoint",)),
+    Kind(66, "embed a temporal checkpoint without --stack", ("embed", "--raster", "{scene}", "--checkpoint",
+                                                             "{temporal_ckpt}", "--out", "e.parquet"),
+         ("temporal_ckpt", "pass --stack")),
+    Kind(67, "embed --resume with a changed input", (*EC, "--out", "e.parquet", "--resume"),
+         ("scene.tif", "changed since the interrupted run", "--overwrite"), setup=_changed_part),
+    Kind(68, "embed --dates without --stack", (*EC, "--out", "e.parquet", "--dates", "2020-01-05"),
+         ("--dates goes with --stack",)),
+    Kind(69, "embed over an interrupted run without --resume", (*EC, "--out", "e.parquet"),
+         (".e.parquet.parts", "--resume", "--overwrite"),
+         setup=lambda folder, _: (folder / ".e.parquet.parts").mkdir()),
+    Kind(70, "embed --devices more than the machine has", (*EC, "--out", "e.parquet", "--devices", "4096"),
+         ("--devices 4096", "at most")),
+]
+
+
 def _write_corrupt(path: Path) -> Path:
     """A tiled, compressed 4-band raster whose middle tiles are overwritten with garbage (header intact)."""
     data = fake_rasters.raster_values(width=256, height=256, count=4, dtype="float32", seed=3)
@@ -270,7 +299,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mask = fake_rasters.write_label_raster(root / "mask.tif", width=90, height=70, num_classes=3)
     far = fake_rasters.write_label_raster(root / "far_mask.tif", width=90, height=70, crs="EPSG:32610")
     weights, ckpt = write_segmentation_checkpoint(root, scene, BANDS)
-    made = {"root": root, "scene": scene, "mask": mask, "weights": weights, "ckpt": ckpt}
+    made = {"root": root, "scene": scene, "mask": mask, "weights": weights, "ckpt": ckpt,
+            "temporal_ckpt": write_temporal_checkpoint(root, scene, BANDS)}
     made["scene2"] = shutil.copy(scene, root / "scene2.tif")
     made["corrupt"] = _write_corrupt(root / "corrupt.tif")
     made["text"] = root / "text.tif"
@@ -327,7 +357,7 @@ def outcomes(inputs: dict[str, Path]) -> dict[int, Outcome]:
         folders.append((folder, _listing(folder)))
         runs.append({"argv": [a.format(**inputs) for a in kind.argv], "cwd": str(folder),
                      "env": {"OMP_NUM_THREADS": "1", **kind.env}})
-    shared = [inputs["root"] / "readonly", inputs["ckpt"]]
+    shared = [inputs["root"] / "readonly", inputs["ckpt"], inputs["temporal_ckpt"]]
     before = {str(f): _listing(f) for f in shared}
     result = subprocess.run([sys.executable, str(Path(__file__).with_name("cli_forks.py")), "--jobs", "2"],
                             input=json.dumps(runs), capture_output=True, text=True, timeout=600,
