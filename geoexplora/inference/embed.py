@@ -98,6 +98,8 @@ class Encoder:
         statistics: band statistics to normalise with (a checkpoint's), or None to compute them from the rasters.
         normalization: ``"standardize"`` or ``"percentile"``.
         name: where it comes from (checkpoint folder or timm name), named in errors.
+        file_bands: names of all the bands of the file it was trained on, when the recipe named them (read
+            for files without band descriptions, as ``predict`` does).
     """
 
     backbone: nn.Module
@@ -105,6 +107,7 @@ class Encoder:
     statistics: BandStatistics | None = None
     normalization: str = "standardize"
     name: str = ""
+    file_bands: tuple[str, ...] | None = None
 
     @property
     def width(self) -> int:
@@ -146,7 +149,7 @@ def model_encoder(geomodel: GeoModel) -> Encoder:
     preprocessing = geomodel.preprocessing
     config = replace(geomodel.config.backbone, bands=list(preprocessing.model_bands))
     return Encoder(geomodel.backbone.eval(), config, preprocessing.statistics, preprocessing.normalization,
-                   str(geomodel.directory))
+                   str(geomodel.directory), preprocessing.file_bands)
 
 
 def embed_raster(
@@ -463,7 +466,7 @@ def plan_embedding(
     if not stacks and not paths:
         raise GeoExploraError("no raster given to embed")
     out = Path(out)
-    units = _check_units(paths, stacks, encoder.config.bands, band_names)
+    units = _check_units(paths, stacks, encoder, band_names)
     stride = tile if stride is None else stride
     _check_params(encoder, tile, stride, pool, batch_size, dense is not None, pca)
     inputs = {p for u in units for p in u.paths}
@@ -528,7 +531,7 @@ def open_parts(job: EmbedJob, resume: bool) -> None:
 
 
 def _check_units(
-    paths: Sequence[Path], stacks: Sequence[RasterStack], model_bands: Sequence[str], band_names: Sequence[str] | None
+    paths: Sequence[Path], stacks: Sequence[RasterStack], encoder: Encoder, band_names: Sequence[str] | None
 ) -> list[EmbedUnit]:
     """Every raster (every date) readable and georeferenced, with the encoder's bands, the first's bands and CRS."""
     units: list[EmbedUnit] = []
@@ -539,7 +542,7 @@ def _check_units(
         info = check_raster(path)
         for other in stack.paths[1:] if stack is not None else ():
             check_raster(other)
-        names, indexes = model_band_indexes(path, model_bands, band_names)
+        names, indexes = model_band_indexes(path, encoder.config.bands, band_names, encoder.file_bands)
         if units and names != first_bands:
             raise GeoExploraError(f"{path}: bands {', '.join(names)} differ from {units[0].path}'s "
                                   f"{', '.join(first_bands)}; embed rasters with different bands separately")

@@ -8,14 +8,12 @@ window size, the classes (label values, names, colours) and the provenance tags 
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from geoexplora.data.raster import inspect_raster
 from geoexplora.data.sources import as_input_path
 from geoexplora.data.stack import RasterStack
 from geoexplora.errors import GeoExploraError
@@ -23,8 +21,6 @@ from geoexplora.inference.bands import model_band_indexes
 from geoexplora.inference.predict import PredictSummary, predict_raster
 from geoexplora.inference.stack_reader import StackModel, StackSource
 from geoexplora.models import BackboneConfig, CheckpointConfig, GeoModel, Preprocessing
-
-logger = logging.getLogger(__name__)
 
 PREDICT_TASKS = ("segmentation", "classification", "multilabel")
 
@@ -53,13 +49,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
 def band_indexes(preprocessing: Preprocessing, raster: Path, band_names: Sequence[str] | None = None) -> list[int]:
     """1-based indexes of the model's bands in ``raster``: by ``band_names``, the file's band descriptions,
     or (for a file without descriptions and as many bands) the training file's band names."""
-    file_bands = preprocessing.file_bands
-    if band_names is None and file_bands is not None:
-        info = inspect_raster(raster, georeferenced=False)  # the CRS is check_raster's (--allow-no-crs)
-        if not all(info.descriptions) and info.count == len(file_bands):
-            logger.info("%s: no band descriptions; using the training file's band names %s", raster, file_bands)
-            band_names = file_bands
-    return model_band_indexes(raster, preprocessing.model_bands, band_names)[1]
+    return model_band_indexes(raster, preprocessing.model_bands, band_names, preprocessing.file_bands)[1]
 
 
 def predict_with_model(

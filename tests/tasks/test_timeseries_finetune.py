@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
@@ -79,6 +80,14 @@ def test_recipe_pretrain_finetune_evaluate(shared_data: Path, tmp_path: Path, mo
     assert main(["predict", "--stack", "--raster", str(collection), *options, "--out", str(tmp_path / "stac.tif")]) == 0
     with rasterio.open(tmp_path / "stac.tif") as stac, rasterio.open(tmp_path / "lulc.tif") as files_map:
         assert np.array_equal(stac.read(), files_map.read()) and stac.tags()["stack_dates"] == files_map.tags()["stack_dates"]
+    # embed --stack over the real stack, from the files and from the STAC items: one row per window, the dates
+    embed = ["embed", "--stack", "--checkpoint", str(checkpoint), "--tile", "32", "--no-progress"]
+    assert main([*embed, "--raster", *files, "--dates", ",".join(map(str, dates)), "--out", str(tmp_path / "e.parquet")]) == 0
+    assert main([*embed, "--raster", str(collection), "--out", str(tmp_path / "stac.parquet")]) == 0
+    table, stac_table = gpd.read_parquet(tmp_path / "e.parquet"), gpd.read_parquet(tmp_path / "stac.parquet")
+    assert len(table) == 16 and list(table["dates"].iloc[0]) == sorted(map(str, dates))  # 4 x 4 windows of 32 px
+    assert (table["date_end"].dt.date.astype(str) == max(map(str, dates))).all()
+    assert np.array_equal(np.stack(table["embedding"]), np.stack(stac_table["embedding"]))
     capsys.readouterr()
     single = ["predict", "--raster", files[0], "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.tif")]
     assert main(single) == 2  # a temporal checkpoint and one raster: one line, nothing written
