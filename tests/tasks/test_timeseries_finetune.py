@@ -44,8 +44,9 @@ TINY_FINETUNE = ["--data.window_size", "32", "--data.block_size", "32", "--data.
 def test_recipe_pretrain_finetune_evaluate(shared_data: Path, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)  # recipe paths are relative to the repository
     dates = yaml.safe_load(RECIPE.read_text())["data"]["dates"]
-    pretrain = ["pretrain", "--config", "recipes/explora-dinov2-sentinel2.yaml", "--out", str(tmp_path / "pre"),
-                "--data.dates", f"[{', '.join(map(str, dates))}]", *TINY_PRETRAIN]
+    pre_recipe = REPO / "recipes" / "explora-dinov2-sentinel2.yaml"
+    assert yaml.safe_load(pre_recipe.read_text())["data"]["dates"] == dates  # the same real days in both recipes
+    pretrain = ["pretrain", "--config", str(pre_recipe), "--out", str(tmp_path / "pre"), *TINY_PRETRAIN]
     assert main(pretrain) == 0
     finetune = ["finetune", "--config", str(RECIPE), "--out", str(tmp_path / "ft"),
                 "--model.init_checkpoint", str(tmp_path / "pre" / "checkpoint"), *TINY_FINETUNE]
