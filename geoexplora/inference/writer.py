@@ -194,7 +194,9 @@ class BlockWriter:
         profile: dict[str, Any] = {
             "driver": "GTiff", "width": spec.width, "height": spec.height, "count": spec.count,
             "dtype": spec.dtype, "nodata": spec.nodata, "crs": spec.crs, "transform": spec.transform,
-            "tiled": False, "blockysize": self.rows_per_block, "compress": "deflate", "sparse_ok": True,
+            # DEFLATE level 1: the partial is decoded once by the COG copy (which compresses at the default
+            # level); on a 4000^2 class map it encodes in 0.04 s instead of 0.15 s, at twice the (small) size.
+            "tiled": False, "blockysize": self.rows_per_block, "compress": "deflate", "zlevel": 1, "sparse_ok": True,
             "bigtiff": "if_safer",
         }
         with rasterio.open(spec.partial, "w", **profile) as dst:
