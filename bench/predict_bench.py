@@ -110,15 +110,20 @@ normalize = Normalizer(BandStatistics({f"B{b + 1}": BandStat(0.0, SCALE, 0.0, SC
                        [f"B{b + 1}" for b in range(BANDS)])
 
 
+def raster_profile(width: int, height: int, bigtiff: str) -> dict:
+    """The bench rasters' profile: 4-band uint16 (nodata 0), UTM 33N at 10 m, 512 px DEFLATE tiles."""
+    return {
+        "driver": "GTiff", "width": width, "height": height, "count": BANDS, "dtype": "uint16", "nodata": 0,
+        "crs": "EPSG:32633", "transform": from_origin(500_000, 5_100_000, 10, 10), "tiled": True,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "bigtiff": bigtiff,
+    }
+
+
 def make_raster(path: Path, size: int) -> Path:
     """A size x size 4-band uint16 tiled DEFLATE GeoTIFF of smooth fields plus noise, written in strips."""
     if path.exists():
         return path
-    profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": BANDS, "dtype": "uint16", "nodata": 0,
-        "crs": "EPSG:32633", "transform": from_origin(500_000, 5_100_000, 10, 10), "tiled": True,
-        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "bigtiff": "if_safer",
-    }
+    profile = raster_profile(size, size, bigtiff="if_safer")
     rng = np.random.default_rng(0)
     cols = np.arange(size, dtype=np.float32)
     partial = path.with_suffix(".partial.tif")
@@ -139,11 +144,7 @@ def make_flat_raster(path: Path, width: int, height: int) -> Path:
     it compresses and decodes fast, so the 1.6 Gpx raster of the memory table is written in well under a minute."""
     if path.exists():
         return path
-    profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": BANDS, "dtype": "uint16", "nodata": 0,
-        "crs": "EPSG:32633", "transform": from_origin(500_000, 5_100_000, 10, 10), "tiled": True,
-        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "bigtiff": "yes",
-    }
+    profile = raster_profile(width, height, bigtiff="yes")
     partial = path.with_suffix(".partial.tif")
     block = np.empty((BANDS, 512, 512), dtype=np.uint16)
     with rasterio.open(partial, "w", **profile) as dst:

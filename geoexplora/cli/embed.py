@@ -88,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pca is not None and args.dense is None:
         raise GeoExploraError("--pca goes with --dense OUT.tif")
-    if args.dates and not args.stack:
-        raise GeoExploraError("--dates goes with --stack")
     if args.devices != 1:
         from geoexplora.cli.multi_device import worker_devices
 
@@ -100,10 +98,11 @@ def run(args: argparse.Namespace) -> int:
     for path in outputs:
         check_output(path, args.overwrite, args.resume)
     encoder = encoder_from_args(args)
-    check_stack_input(encoder.config, encoder.name, args.stack)
+    check_stack_input(encoder.config, encoder.name, args.stack)  # before the stack's files are read
+    stack = stack_from_args(args)
     with OutputLock(outputs):
         job = plan_embedding(
-            [stack_from_args(args)] if args.stack else args.raster, args.out, encoder, band_names=args.file_bands,
+            [stack] if stack is not None else args.raster, args.out, encoder, band_names=args.file_bands,
             tile=args.tile, stride=args.stride, pool=args.pool, batch_size=args.batch_size, dense=args.dense,
             pca=DEFAULT_PCA if args.pca is None else args.pca, overwrite=args.overwrite, resume=args.resume,
         )

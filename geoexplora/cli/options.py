@@ -125,10 +125,15 @@ def add_stack_options(parser: argparse.ArgumentParser, result: str) -> None:
                         help="with --stack: the files' dates, in the order the files are given")
 
 
-def stack_from_args(args: argparse.Namespace) -> RasterStack:
-    """The ``--raster`` files (or folder) as one checked stack of ``--dates`` (warning for a single date)."""
+def stack_from_args(args: argparse.Namespace) -> RasterStack | None:
+    """With ``--stack``, the ``--raster`` files (or folder) as one checked stack of ``--dates`` (warning for a
+    single date); without it None, and ``--dates`` is refused."""
     from geoexplora.data.stack import RasterStack
 
+    if not args.stack:
+        if args.dates:
+            raise GeoExploraError("--dates goes with --stack")
+        return None
     stack = RasterStack.from_paths(args.raster, dates=args.dates)
     if len(stack) == 1:
         logger.warning("%s: a stack of one date; the temporal model sees a single date", stack.paths[0])

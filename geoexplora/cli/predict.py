@@ -116,10 +116,8 @@ def run(args: argparse.Namespace) -> int:
     _check_window(args, backbone.patch_pixels)
     args.tile = args.tile or config.preprocessing.window_size
     args.overlap = args.overlap if args.overlap is not None else min(32, args.tile // 4)
-    if args.dates and not args.stack:
-        raise GeoExploraError("--dates goes with --stack")
     check_stack_input(config.backbone, Path(args.checkpoint), args.stack)
-    stack = stack_from_args(args) if args.stack else None
+    stack = stack_from_args(args)
     if stack is not None:
         check_stack_input(config.backbone, Path(args.checkpoint), True, len(stack))
     rasters = [stack.paths[0]] if stack is not None else find_raster_files(args.raster, config.preprocessing.model_bands)
